@@ -1,0 +1,144 @@
+//! The one place where failures become HTTP answers: `{"detail": "<sentence>", "error": "<code>"}`.
+//! `detail` is what FastAPI clients (the seed's) read; `error` is what LibreChat's official
+//! Code API sends. Server paths and internal errors never reach the body.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::StoreError;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// One sentence saying what went wrong and what to do.
+    pub detail: String,
+    /// A stable machine-readable code.
+    pub error: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Invalid or missing API key",
+        )
+    }
+
+    pub fn file_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+            "File not found: it may have expired or been deleted; upload it again.",
+        )
+    }
+
+    pub fn session_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            "Session not found: it may have expired; omit session_id to start a new one.",
+        )
+    }
+
+    pub fn malformed_id(what: &str) -> Self {
+        Self::bad_request(format!(
+            "Malformed {what}: ids are 21 characters of A-Z, a-z, 0-9, '_' and '-'."
+        ))
+    }
+
+    /// Something broke on our side; the details go to the log, not to the client.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "The server failed to handle this request; try again, and report it if it keeps happening.",
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::TooLarge { limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!("File size limit exceeded: each file may be at most {limit} bytes."),
+            ),
+            StoreError::QuotaExceeded { quota } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "quota_exceeded",
+                format!(
+                    "The session's disk quota of {} MiB would be exceeded; delete files or start a new session.",
+                    quota / (1024 * 1024)
+                ),
+            ),
+            StoreError::BodyInterrupted(reason) => ApiError::bad_request(format!(
+                "The upload was cut off before it finished ({reason}); send it again."
+            )),
+            StoreError::NameConflict(name) => ApiError::new(
+                StatusCode::CONFLICT,
+                "name_conflict",
+                format!(
+                    "'{name}' clashes with a directory or file of the same name in the session; choose another name."
+                ),
+            ),
+            StoreError::DiskFull => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "The server's disk is full; try again later.",
+            ),
+            StoreError::SessionNotFound => ApiError::session_not_found(),
+            err @ (StoreError::Io(_) | StoreError::Db(_)) => ApiError::internal(err),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            detail: self.detail,
+            error: self.code.to_owned(),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"code-interpreter\""),
+            );
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,206 @@
+//! HTTP: routes, wire shapes, auth, errors. The only module (with `mcp`, later) that knows
+//! about HTTP or JSON; everything below it speaks Rust types.
+//!
+//! Every route is served at the root and again under `/v1`, because LibreChat's base URL
+//! ends in `/v1`.
+
+mod auth;
+mod error;
+mod files;
+mod openapi;
+mod system;
+mod wire;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::Instrument;
+
+pub use auth::Auth;
+use error::ApiError;
+
+use crate::config::Settings;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Arc<dyn Store>,
+    pub auth: Arc<Auth>,
+    pub started: Instant,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const PROFILE: HeaderName = HeaderName::from_static("x-codeapi-execution-profile");
+const EXPECTED_PROFILE: HeaderName = HeaderName::from_static("x-codeapi-expected-profile");
+
+/// Routes that need a key (when keys are configured).
+fn protected_routes(state: &AppState) -> Router<AppState> {
+    let uploads = Router::new()
+        .route("/upload", post(files::upload))
+        .route("/upload/batch", post(files::upload_batch))
+        // Upload size is enforced per file while streaming, not by buffering the body.
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .merge(uploads)
+        .route("/files/{session_id}", get(files::list_files))
+        .route("/files/{session_id}/{file_id}", delete(files::delete_file))
+        .route("/download/{session_id}/{file_id}", get(files::download))
+        .route("/sessions/{session_id}", delete(files::delete_session))
+        .route(
+            "/sessions/{session_id}/objects/{file_id}",
+            get(files::object_info).delete(files::delete_file),
+        )
+        .route("/exec/programmatic", post(system::programmatic))
+        .route("/exec/programmatic/cancel", post(system::programmatic))
+        .route("/metrics", get(system::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+}
+
+fn public_routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(system::root))
+        .route("/health", get(system::health))
+        .route("/openapi.json", get(openapi::spec))
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = protected_routes(&state).merge(public_routes());
+    Router::new()
+        .merge(api.clone())
+        .nest("/v1", api)
+        .merge(openapi::docs())
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            execution_profile,
+        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(cors(&state.settings)),
+        )
+        .with_state(state)
+}
+
+fn cors(settings: &Settings) -> CorsLayer {
+    let origins = settings.cors_allow_origins.trim();
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers(Any)
+        .max_age(Duration::from_secs(600));
+    if origins == "*" {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .split(',')
+            .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+            .collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+/// Tag every response with this deployment's execution profile, and refuse requests that
+/// expected the other one (LibreChat routes stateful work by it).
+async fn execution_profile(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let ours = state.settings.execution_profile.as_str();
+    let expected = request
+        .headers()
+        .get(EXPECTED_PROFILE)
+        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+    let mut response = match expected.as_deref() {
+        None => next.run(request).await,
+        Some(e) if e == ours => next.run(request).await,
+        Some(e @ ("default" | "stateful")) => ApiError::new(
+            StatusCode::CONFLICT,
+            "execution_profile_mismatch",
+            format!("Expected the {e} execution profile, but this server runs the {ours} profile."),
+        )
+        .into_response(),
+        Some(_) => {
+            ApiError::bad_request("X-CodeAPI-Expected-Profile must be 'default' or 'stateful'.")
+                .into_response()
+        }
+    };
+    response
+        .headers_mut()
+        .insert(PROFILE, HeaderValue::from_static(ours));
+    response
+}
+
+/// Count and time every request; log it when `LOG_REQUESTS` is on. Runs inside a span
+/// that carries the request id, so every log line of the request has it.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| {
+            p.as_str()
+                .strip_prefix("/v1")
+                .unwrap_or(p.as_str())
+                .to_owned()
+        })
+        .map(|p| if p.is_empty() { "/".to_owned() } else { p })
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let credential = state.settings.log_requests.then(|| {
+        let h = request.headers();
+        h.get("x-api-key")
+            .or_else(|| h.get(axum::http::header::AUTHORIZATION))
+            .and_then(|v| v.to_str().ok())
+            .map(auth::mask)
+            .unwrap_or_else(|| "none".to_owned())
+    });
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", id = %request_id);
+    let response = next.run(request).instrument(span.clone()).await;
+
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed();
+    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.clone())
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
+    if let Some(credential) = credential {
+        span.in_scope(|| {
+            tracing::info!(
+                method = %method,
+                path = %path,
+                status = %status,
+                ms = elapsed.as_secs_f64() * 1000.0,
+                key = %credential,
+                "request"
+            )
+        });
+    }
+    response
+}

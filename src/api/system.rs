@@ -1,0 +1,165 @@
+//! Health, metrics, the root document and the answers for routes that do not exist (yet).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorBody};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `healthy` while the server can serve requests.
+    pub status: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+    /// Sessions currently stored (not yet expired).
+    pub active_sessions: u64,
+}
+
+/// Liveness and readiness; no key needed.
+#[utoipa::path(
+    get, path = "/health", tag = "system",
+    responses((status = 200, body = Health), (status = 503, description = "The store is unreachable", body = ErrorBody))
+)]
+pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    let stats = state.store.stats().await.map_err(|err| {
+        tracing::error!(error = %err, "health check could not read the store");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "The metadata store is unavailable; check the server's disk and logs.",
+        )
+    })?;
+    Ok(Json(Health {
+        status: "healthy".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        active_sessions: stats.sessions,
+    }))
+}
+
+/// Prometheus text format: requests by route and status, latency histogram, sessions,
+/// files and bytes stored.
+#[utoipa::path(
+    get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus exposition format", content_type = "text/plain")),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let stats = state.store.stats().await?;
+    metrics::gauge!("code_interpreter_sessions").set(stats.sessions as f64);
+    metrics::gauge!("code_interpreter_files").set(stats.files as f64);
+    metrics::gauge!("code_interpreter_stored_bytes").set(stats.bytes as f64);
+    metrics::gauge!("code_interpreter_uptime_seconds").set(state.started.elapsed().as_secs_f64());
+    let body = state.metrics.render();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RootInfo {
+    pub name: String,
+    pub version: String,
+    pub features: Vec<String>,
+    pub endpoints: std::collections::BTreeMap<String, String>,
+}
+
+fn root_info() -> RootInfo {
+    let endpoints = [
+        ("upload", "POST /upload"),
+        ("upload_batch", "POST /upload/batch"),
+        (
+            "files",
+            "GET /files/{session_id}?detail=simple|summary|full",
+        ),
+        ("download", "GET /download/{session_id}/{file_id}"),
+        ("delete_file", "DELETE /files/{session_id}/{file_id}"),
+        ("delete_session", "DELETE /sessions/{session_id}"),
+        ("health", "GET /health"),
+        ("metrics", "GET /metrics"),
+        ("openapi", "GET /openapi.json"),
+        ("docs", "GET /docs"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    RootInfo {
+        name: "code-interpreter".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        features: [
+            "files",
+            "sessions",
+            "librechat-code-api",
+            "openapi",
+            "metrics",
+        ]
+        .map(String::from)
+        .to_vec(),
+        endpoints,
+    }
+}
+
+/// The server's name, version and routes (JSON), or a short page for browsers.
+#[utoipa::path(
+    get, path = "/", tag = "system",
+    responses((status = 200, body = RootInfo))
+)]
+pub async fn root(headers: HeaderMap) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if !wants_html {
+        return Json(root_info()).into_response();
+    }
+    let info = root_info();
+    let rows: String = info
+        .endpoints
+        .values()
+        .map(|e| format!("<li><code>{}</code></li>", e.replace('<', "&lt;")))
+        .collect();
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>code-interpreter</title></head>\
+         <body><h1>code-interpreter {}</h1><p>A sandboxed code interpreter for AI agents. \
+         The API is described at <a href=\"/docs\">/docs</a> (<a href=\"/openapi.json\">openapi.json</a>).</p>\
+         <ul>{rows}</ul></body></html>",
+        info.version
+    ))
+    .into_response()
+}
+
+/// LibreChat 3.x programmatic tool calling is not built yet.
+#[utoipa::path(
+    post, path = "/exec/programmatic", tag = "exec",
+    responses((status = 501, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn programmatic() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "Programmatic tool calling is not available on this server yet; call POST /exec instead.",
+    )
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("No such route; the API is described at /docs and /openapi.json.")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This route does not accept that method; see /docs for the methods it takes.",
+    )
+}

@@ -1,0 +1,244 @@
+//! Every setting of the server: a CLI flag and an environment variable with a default,
+//! validated once at start-up. Nothing else reads the environment.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A self-hosted, sandboxed code interpreter for AI agents (LibreChat Code API and MCP).
+#[derive(Debug, Parser)]
+#[command(name = "code-interpreter", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the REST API (the default).
+    Serve,
+    /// Print what this machine offers (runtimes, sandbox, cgroups); non-zero exit when something required is missing.
+    Doctor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutionProfile {
+    Default,
+    Stateful,
+}
+
+impl ExecutionProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProfile::Default => "default",
+            ExecutionProfile::Stateful => "stateful",
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1", global = true)]
+    pub host: IpAddr,
+
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 8000, global = true)]
+    pub port: u16,
+
+    /// Directory for the metadata database and every session's workspace (`UPLOADS_DIR` is accepted too).
+    #[arg(long, env = "DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Where `scripts/bootstrap` installed the runtimes (Python environment, npm packages).
+    #[arg(
+        long,
+        env = "RUNTIME_DIR",
+        default_value = "/opt/code-interpreter",
+        global = true
+    )]
+    pub runtime_dir: PathBuf,
+
+    /// One API key; when set (or `CODE_INTERPRETER_API_KEYS`), every protected route needs it.
+    #[arg(
+        long,
+        env = "CODE_INTERPRETER_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub api_key: Option<String>,
+
+    /// Several API keys, comma-separated; each key is its own tenant.
+    #[arg(
+        long,
+        env = "CODE_INTERPRETER_API_KEYS",
+        hide_env_values = true,
+        value_delimiter = ',',
+        global = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Allowed CORS origins, comma-separated, or `*`.
+    #[arg(long, env = "CORS_ALLOW_ORIGINS", default_value = "*", global = true)]
+    pub cors_allow_origins: String,
+
+    /// Log every request (method, path, status, time; keys masked).
+    #[arg(long, env = "LOG_REQUESTS", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
+    pub log_requests: bool,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log level or tracing filter (e.g. `info`, `code_interpreter=debug`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// Largest accepted upload per file, in bytes (LibreChat's own limit is 150 MiB).
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 150 * MIB, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_upload_bytes: u64,
+
+    /// Idle time after which a session and its files are deleted (LibreChat expects 24 h).
+    #[arg(long, env = "SESSION_TTL_SECONDS", default_value_t = 86400, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub session_ttl_seconds: u64,
+
+    /// Disk quota per session in MiB; 0 turns it off.
+    #[arg(
+        long,
+        env = "SESSION_DISK_QUOTA_MB",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub session_disk_quota_mb: u64,
+
+    /// The execution profile this deployment answers as (`X-CodeAPI-Execution-Profile`).
+    #[arg(
+        long,
+        env = "EXECUTION_PROFILE",
+        value_enum,
+        default_value = "default",
+        global = true
+    )]
+    pub execution_profile: ExecutionProfile,
+
+    /// Absolute base URL of this server when it sits behind a proxy (used in OpenAPI `servers`).
+    #[arg(long, env = "PUBLIC_BASE_URL", global = true)]
+    pub public_base_url: Option<String>,
+}
+
+impl Settings {
+    /// Every configured API key, trimmed, without empties.
+    pub fn all_api_keys(&self) -> Vec<String> {
+        self.api_key
+            .iter()
+            .chain(self.api_keys.iter())
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    pub fn session_disk_quota_bytes(&self) -> Option<u64> {
+        (self.session_disk_quota_mb > 0).then(|| self.session_disk_quota_mb * MIB)
+    }
+}
+
+/// Booleans accept 1/0, true/false, yes/no and on/off, in any case.
+pub fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(format!(
+            "'{other}' is not a boolean; use true/false, 1/0, yes/no or on/off"
+        )),
+    }
+}
+
+/// Parse the command line and environment. A bad value ends the process with a message that
+/// names both the flag and the environment variable it may have come from.
+pub fn parse() -> Cli {
+    apply_aliases();
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::{ContextKind, ContextValue, ErrorKind};
+            let named_env = match (err.kind(), err.get(ContextKind::InvalidArg)) {
+                (
+                    ErrorKind::ValueValidation | ErrorKind::InvalidValue,
+                    Some(ContextValue::String(arg)),
+                ) => env_name_for_flag(arg),
+                _ => None,
+            };
+            if let Some(env) = named_env {
+                eprintln!("error: bad value for setting {env}");
+            }
+            err.exit()
+        }
+    }
+}
+
+/// Map `--port <PORT>` to the environment variable behind it.
+fn env_name_for_flag(arg: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let long = arg.trim_start_matches("--").split([' ', '=']).next()?;
+    let cmd = Cli::command();
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+}
+
+/// Seed-compatible names that map onto one of ours.
+fn apply_aliases() {
+    const ALIASES: &[(&str, &str)] = &[("UPLOADS_DIR", "DATA_DIR")];
+    for (old, new) in ALIASES {
+        if std::env::var_os(new).is_none()
+            && let Some(value) = std::env::var_os(old)
+        {
+            // SAFETY: called once at start-up, before any other thread exists.
+            unsafe { std::env::set_var(new, value) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_accept_the_documented_spellings() {
+        for yes in ["1", "true", "YES", "On"] {
+            assert_eq!(parse_bool(yes), Ok(true));
+        }
+        for no in ["0", "false", "No", "off"] {
+            assert_eq!(parse_bool(no), Ok(false));
+        }
+        assert!(parse_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn a_flag_maps_to_its_environment_variable() {
+        assert_eq!(env_name_for_flag("--port <PORT>").as_deref(), Some("PORT"));
+        assert_eq!(
+            env_name_for_flag("--max-upload-bytes <MAX_UPLOAD_BYTES>").as_deref(),
+            Some("MAX_UPLOAD_BYTES")
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! Entry point: parse settings, set up logging, then serve or run a one-off command.
+
+mod api;
+mod config;
+mod doctor;
+mod sandbox;
+mod session;
+mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tracing_subscriber::EnvFilter;
+
+use config::{Command, LogFormat, Settings};
+
+/// Latency buckets (seconds) for the request histogram: from a cached file to a long run.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&settings.log_level).with_context(|| {
+        format!(
+            "LOG_LEVEL '{}' is not a valid level or filter",
+            settings.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = config::parse();
+    let code = match cli.command.unwrap_or(Command::Serve) {
+        Command::Doctor => doctor::run(&cli.settings),
+        Command::Serve => match serve(cli.settings) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+#[tokio::main]
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings)?;
+    let settings = Arc::new(settings);
+
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("http_request_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .context("bad latency buckets")?
+        .install_recorder()
+        .context("could not install the metrics recorder")?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("DATA_DIR {} cannot be created", settings.data_dir.display()))?;
+    let store = store::LocalStore::open(&settings.data_dir, settings.session_disk_quota_bytes())
+        .with_context(|| {
+            format!(
+                "the store in DATA_DIR {} cannot be opened",
+                settings.data_dir.display()
+            )
+        })?;
+    let store: Arc<dyn store::Store> = Arc::new(store);
+    session::spawn_expiry(
+        Arc::clone(&store),
+        Duration::from_secs(settings.session_ttl_seconds),
+    );
+
+    let keys = settings.all_api_keys();
+    if keys.is_empty() {
+        tracing::warn!(
+            "no API key set (CODE_INTERPRETER_API_KEY): every route is open to anyone who can reach this port"
+        );
+    }
+    let state = api::AppState {
+        settings: Arc::clone(&settings),
+        store,
+        auth: Arc::new(api::Auth::new(&keys)),
+        started: Instant::now(),
+        metrics,
+    };
+
+    let addr = std::net::SocketAddr::new(settings.host, settings.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolve on SIGTERM or SIGINT, so in-flight requests can finish.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

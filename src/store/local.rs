@@ -1,0 +1,455 @@
+//! The single-node store: metadata in one SQLite file, bytes in one directory per session.
+//!
+//! Layout under `DATA_DIR`:
+//! - `metadata.sqlite3`: sessions and files;
+//! - `sessions/<session_id>/`: the workspace, bound at `/mnt/data` in the sandbox;
+//! - `staging/`: uploads in flight (same filesystem, so committing is a rename).
+//!
+//! Every metadata change runs in a transaction under one connection lock, so parallel
+//! uploads to one session serialise at the commit and never lose a file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+use super::workspace::Workspace;
+use super::{
+    BodyStream, FileMeta, FileName, FileOrigin, NewFile, Session, StagedFile, Store, StoreError,
+    StoreResult, StoreStats,
+};
+use crate::session::{SessionOwner, Tenant, new_id};
+
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id            TEXT PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    user_id       TEXT,
+    entity_id     TEXT,
+    created_at    INTEGER NOT NULL,
+    last_used_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions (tenant, entity_id, user_id, last_used_at);
+CREATE INDEX IF NOT EXISTS sessions_by_use ON sessions (last_used_at);
+CREATE TABLE IF NOT EXISTS files (
+    id            TEXT PRIMARY KEY,
+    session_id    TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    name          TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    content_type  TEXT NOT NULL,
+    modified_at   INTEGER NOT NULL,
+    read_only     INTEGER NOT NULL DEFAULT 0,
+    kind          TEXT,
+    ref_id        TEXT,
+    version       TEXT,
+    UNIQUE (session_id, name)
+);
+";
+
+const FILE_MODE: u32 = 0o644;
+
+/// Buffer between the network and the disk while staging an upload.
+const STAGING_BUFFER_BYTES: usize = 1024 * 1024;
+
+pub struct LocalStore {
+    sessions_dir: PathBuf,
+    staging_dir: PathBuf,
+    quota_bytes: Option<u64>,
+    db: Arc<Mutex<Connection>>,
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl LocalStore {
+    /// Open (or create) the store under `data_dir`. Uploads left in staging by a crash are removed.
+    pub fn open(data_dir: &Path, quota_bytes: Option<u64>) -> StoreResult<Self> {
+        let sessions_dir = data_dir.join("sessions");
+        let staging_dir = data_dir.join("staging");
+        std::fs::create_dir_all(&sessions_dir)?;
+        if staging_dir.exists() {
+            std::fs::remove_dir_all(&staging_dir)?;
+        }
+        std::fs::create_dir_all(&staging_dir)?;
+
+        let conn = Connection::open(data_dir.join("metadata.sqlite3"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+
+        Ok(LocalStore {
+            sessions_dir,
+            staging_dir,
+            quota_bytes,
+            db: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Run `f` with the connection on a blocking thread.
+    async fn with_db<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite inconsistent (transactions
+            // roll back on drop), so a poisoned lock is safe to keep using.
+            let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    fn remove_workspaces(&self, ids: &[String]) {
+        for id in ids {
+            let dir = self.sessions_dir.join(id);
+            if let Err(err) = std::fs::remove_dir_all(&dir)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(session = %id, error = %err, "could not remove a session's files");
+            }
+        }
+    }
+}
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: row.get(0)?,
+        tenant: Tenant(row.get(1)?),
+        user_id: row.get(2)?,
+        entity_id: row.get(3)?,
+        created_at: row.get(4)?,
+        last_used_at: row.get(5)?,
+    })
+}
+
+const SESSION_COLUMNS: &str = "id, tenant, user_id, entity_id, created_at, last_used_at";
+const FILE_COLUMNS: &str = "id, session_id, name, size, sha256, content_type, modified_at, read_only, kind, ref_id, version";
+
+fn file_from_row(row: &Row<'_>) -> rusqlite::Result<FileMeta> {
+    let name: String = row.get(2)?;
+    let name = FileName::parse(&name).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(FileMeta {
+        id: row.get(0)?,
+        session_id: row.get(1)?,
+        name,
+        size: row.get::<_, i64>(3)? as u64,
+        sha256: row.get(4)?,
+        content_type: row.get(5)?,
+        modified_at: row.get(6)?,
+        read_only: row.get(7)?,
+        origin: FileOrigin {
+            kind: row.get(8)?,
+            ref_id: row.get(9)?,
+            version: row.get(10)?,
+        },
+    })
+}
+
+/// A rename that fails because a directory (or a file used as a directory) is in the way
+/// is the client's problem, not the server's.
+fn name_conflict_or(err: std::io::Error, name: &FileName) -> StoreError {
+    use rustix::io::Errno;
+    let conflict = [Errno::ISDIR, Errno::NOTDIR, Errno::NOTEMPTY, Errno::EXIST]
+        .iter()
+        .any(|e| err.raw_os_error() == Some(e.raw_os_error()));
+    if conflict {
+        StoreError::NameConflict(name.to_string())
+    } else {
+        StoreError::from_io(err)
+    }
+}
+
+fn session_exists(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM sessions WHERE id = ?1", [id], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn create_session(&self, tenant: &Tenant, owner: &SessionOwner) -> StoreResult<Session> {
+        let now = now_millis();
+        let session = Session {
+            id: new_id(),
+            tenant: tenant.clone(),
+            user_id: owner.user_id.clone(),
+            entity_id: owner.entity_id.clone(),
+            created_at: now,
+            last_used_at: now,
+        };
+        std::fs::create_dir_all(self.workspace_path(&session.id)).map_err(StoreError::from_io)?;
+        let row = session.clone();
+        self.with_db(move |conn| {
+            conn.execute(
+                "INSERT INTO sessions (id, tenant, user_id, entity_id, created_at, last_used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    row.id,
+                    row.tenant.0,
+                    row.user_id,
+                    row.entity_id,
+                    row.created_at,
+                    row.last_used_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(session)
+    }
+
+    async fn session(&self, tenant: &Tenant, id: &str) -> StoreResult<Option<Session>> {
+        let (tenant, id) = (tenant.0.clone(), id.to_owned());
+        self.with_db(move |conn| {
+            let sql = format!(
+                "UPDATE sessions SET last_used_at = ?1 WHERE id = ?2 AND tenant = ?3
+                 RETURNING {SESSION_COLUMNS}"
+            );
+            Ok(conn
+                .query_row(&sql, params![now_millis(), id, tenant], session_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, tenant: &Tenant, id: &str) -> StoreResult<bool> {
+        let (tenant, sid) = (tenant.0.clone(), id.to_owned());
+        let deleted = self
+            .with_db(move |conn| {
+                Ok(conn.execute(
+                    "DELETE FROM sessions WHERE id = ?1 AND tenant = ?2",
+                    params![sid, tenant],
+                )? > 0)
+            })
+            .await?;
+        if deleted {
+            self.remove_workspaces(&[id.to_owned()]);
+        }
+        Ok(deleted)
+    }
+
+    async fn expire_idle_sessions(&self, idle: Duration) -> StoreResult<Vec<String>> {
+        let cutoff = now_millis() - idle.as_millis() as i64;
+        let gone = self
+            .with_db(move |conn| {
+                let mut stmt =
+                    conn.prepare("DELETE FROM sessions WHERE last_used_at < ?1 RETURNING id")?;
+                let ids = stmt
+                    .query_map([cutoff], |row| row.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(ids)
+            })
+            .await?;
+        self.remove_workspaces(&gone);
+        Ok(gone)
+    }
+
+    async fn list_files(&self, session_id: &str) -> StoreResult<Vec<FileMeta>> {
+        let sid = session_id.to_owned();
+        self.with_db(move |conn| {
+            let sql =
+                format!("SELECT {FILE_COLUMNS} FROM files WHERE session_id = ?1 ORDER BY name");
+            let mut stmt = conn.prepare(&sql)?;
+            let files = stmt
+                .query_map([sid], file_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(files)
+        })
+        .await
+    }
+
+    async fn file(&self, session_id: &str, file_id: &str) -> StoreResult<Option<FileMeta>> {
+        let (sid, fid) = (session_id.to_owned(), file_id.to_owned());
+        self.with_db(move |conn| {
+            let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE session_id = ?1 AND id = ?2");
+            Ok(conn
+                .query_row(&sql, params![sid, fid], file_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn stage(&self, mut body: BodyStream<'_>, max_bytes: u64) -> StoreResult<StagedFile> {
+        let dir = self.staging_dir.clone();
+        let temp = tokio::task::spawn_blocking(move || tempfile::NamedTempFile::new_in(dir))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(StoreError::from_io)?;
+        // Readable by the sandbox user once it is in the workspace (tempfile makes 0600).
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        let file = tokio::fs::File::from_std(temp.as_file().try_clone()?);
+        let mut writer = BufWriter::with_capacity(STAGING_BUFFER_BYTES, file);
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::BodyInterrupted(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > max_bytes {
+                return Err(StoreError::TooLarge { limit: max_bytes });
+            }
+            hasher.update(&chunk);
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(StoreError::from_io)?;
+        }
+        writer.flush().await.map_err(StoreError::from_io)?;
+        let file = writer.into_inner();
+        file.sync_all().await.map_err(StoreError::from_io)?;
+        Ok(StagedFile {
+            temp,
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
+    async fn commit(&self, session_id: &str, files: Vec<NewFile>) -> StoreResult<Vec<FileMeta>> {
+        let sid = session_id.to_owned();
+        let root = self.workspace_path(session_id);
+        let quota = self.quota_bytes;
+        self.with_db(move |conn| {
+            let tx = conn.transaction()?;
+            if !session_exists(&tx, &sid)? {
+                return Err(StoreError::SessionNotFound);
+            }
+            if let Some(quota) = quota {
+                let mut total: i64 = tx.query_row(
+                    "SELECT COALESCE(SUM(size), 0) FROM files WHERE session_id = ?1",
+                    [&sid],
+                    |r| r.get(0),
+                )?;
+                for f in &files {
+                    let replaced: i64 = tx.query_row(
+                        "SELECT COALESCE(SUM(size), 0) FROM files WHERE session_id = ?1 AND name = ?2",
+                        params![sid, f.name.as_str()],
+                        |r| r.get(0),
+                    )?;
+                    total += f.staged.size as i64 - replaced;
+                }
+                if total as u64 > quota {
+                    return Err(StoreError::QuotaExceeded { quota });
+                }
+            }
+
+            let workspace = Workspace::new(&root);
+            let now = now_millis();
+            let mut metas = Vec::with_capacity(files.len());
+            for f in files {
+                let meta = FileMeta {
+                    id: new_id(),
+                    session_id: sid.clone(),
+                    content_type: f.name.content_type(),
+                    name: f.name,
+                    size: f.staged.size,
+                    sha256: f.staged.sha256.clone(),
+                    modified_at: now,
+                    read_only: f.read_only,
+                    origin: f.origin,
+                };
+                tx.execute(
+                    "DELETE FROM files WHERE session_id = ?1 AND name = ?2",
+                    params![sid, meta.name.as_str()],
+                )?;
+                tx.execute(
+                    &format!("INSERT INTO files ({FILE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                    params![
+                        meta.id,
+                        meta.session_id,
+                        meta.name.as_str(),
+                        meta.size as i64,
+                        meta.sha256,
+                        meta.content_type,
+                        meta.modified_at,
+                        meta.read_only,
+                        meta.origin.kind,
+                        meta.origin.ref_id,
+                        meta.origin.version,
+                    ],
+                )?;
+                // The rename happens inside the transaction: if it fails, the metadata rolls back.
+                workspace
+                    .rename_into(f.staged.temp.path(), &meta.name)
+                    .map_err(|err| name_conflict_or(err, &meta.name))?;
+                // The file now lives at its name; stop the guard from deleting anything.
+                let _ = f.staged.temp.into_temp_path().keep();
+                metas.push(meta);
+            }
+            tx.commit()?;
+            Ok(metas)
+        })
+        .await
+    }
+
+    async fn open(&self, file: &FileMeta) -> StoreResult<tokio::fs::File> {
+        let root = self.workspace_path(&file.session_id);
+        let name = file.name.clone();
+        let std_file = tokio::task::spawn_blocking(move || Workspace::new(&root).open_file(&name))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        Ok(tokio::fs::File::from_std(std_file))
+    }
+
+    async fn delete_file(&self, session_id: &str, file_id: &str) -> StoreResult<Option<FileMeta>> {
+        let (sid, fid) = (session_id.to_owned(), file_id.to_owned());
+        let root = self.workspace_path(session_id);
+        self.with_db(move |conn| {
+            let tx = conn.transaction()?;
+            let sql = format!(
+                "DELETE FROM files WHERE session_id = ?1 AND id = ?2 RETURNING {FILE_COLUMNS}"
+            );
+            let Some(meta) = tx
+                .query_row(&sql, params![sid, fid], file_from_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            Workspace::new(&root).remove(&meta.name)?;
+            tx.commit()?;
+            Ok(Some(meta))
+        })
+        .await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.with_db(|conn| {
+            let sessions: i64 =
+                conn.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))?;
+            let (files, bytes): (i64, i64) = conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(StoreStats {
+                sessions: sessions as u64,
+                files: files as u64,
+                bytes: bytes as u64,
+            })
+        })
+        .await
+    }
+
+    fn workspace_path(&self, session_id: &str) -> PathBuf {
+        self.sessions_dir.join(session_id)
+    }
+}

@@ -1,0 +1,157 @@
+//! Sessions' metadata and bytes. Handlers talk to the [`Store`] trait only, so an
+//! object-storage backend can replace [`LocalStore`] (SQLite + workspace directories) later.
+//!
+//! Uploads are two steps: [`Store::stage`] streams a body to a temporary file (size-capped,
+//! hashed on the way), and [`Store::commit`] moves staged files into a session atomically,
+//! checking the quota. A staged file that is dropped is deleted, so nothing partial survives.
+
+mod local;
+mod name;
+mod workspace;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use local::LocalStore;
+pub use name::FileName;
+
+use crate::session::{SessionOwner, Tenant};
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub tenant: Tenant,
+    pub user_id: Option<String>,
+    pub entity_id: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub last_used_at: i64,
+}
+
+/// Where an uploaded file came from, as LibreChat labels it (echoed back in exec results).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileOrigin {
+    pub kind: Option<String>,
+    pub ref_id: Option<String>,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileMeta {
+    pub id: String,
+    pub session_id: String,
+    /// Path relative to the workspace (`/mnt/data` inside the sandbox).
+    pub name: FileName,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+    /// Unix milliseconds.
+    pub modified_at: i64,
+    pub read_only: bool,
+    pub origin: FileOrigin,
+}
+
+impl FileMeta {
+    /// A strong validator for HTTP caching: the content hash (a prefix is plenty).
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", &self.sha256[..32.min(self.sha256.len())])
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    pub sessions: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A body written to a temporary file, not yet part of any session.
+pub struct StagedFile {
+    temp: tempfile::NamedTempFile,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One staged file and where it goes.
+pub struct NewFile {
+    pub name: FileName,
+    pub staged: StagedFile,
+    pub read_only: bool,
+    pub origin: FileOrigin,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the file is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the session's disk quota of {quota} bytes would be exceeded")]
+    QuotaExceeded { quota: u64 },
+    #[error("the upload was interrupted: {0}")]
+    BodyInterrupted(String),
+    #[error("the server's disk is full")]
+    DiskFull,
+    #[error("'{0}' clashes with a directory (or a file used as a directory) of the same name")]
+    NameConflict(String),
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("metadata database failed: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    pub(crate) fn from_io(err: io::Error) -> Self {
+        if err.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+            StoreError::DiskFull
+        } else {
+            StoreError::Io(err)
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A request body as a stream of chunks; an `Err` means the client went away or sent garbage.
+pub type BodyStream<'a> = BoxStream<'a, Result<Bytes, io::Error>>;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn create_session(&self, tenant: &Tenant, owner: &SessionOwner) -> StoreResult<Session>;
+
+    /// The session if it exists and belongs to `tenant`; marks it used.
+    async fn session(&self, tenant: &Tenant, id: &str) -> StoreResult<Option<Session>>;
+
+    /// Remove a session with its files; false when it did not exist for this tenant.
+    async fn delete_session(&self, tenant: &Tenant, id: &str) -> StoreResult<bool>;
+
+    /// Delete sessions unused for `idle`; returns their ids.
+    async fn expire_idle_sessions(&self, idle: Duration) -> StoreResult<Vec<String>>;
+
+    async fn list_files(&self, session_id: &str) -> StoreResult<Vec<FileMeta>>;
+
+    async fn file(&self, session_id: &str, file_id: &str) -> StoreResult<Option<FileMeta>>;
+
+    /// Stream a body into a temporary file, refusing it past `max_bytes`.
+    async fn stage(&self, body: BodyStream<'_>, max_bytes: u64) -> StoreResult<StagedFile>;
+
+    /// Move staged files into a session, all or nothing; a name that exists is replaced
+    /// (new id, the old id is gone).
+    async fn commit(&self, session_id: &str, files: Vec<NewFile>) -> StoreResult<Vec<FileMeta>>;
+
+    /// Open a file's bytes for reading, never following a symlink out of the workspace.
+    async fn open(&self, file: &FileMeta) -> StoreResult<tokio::fs::File>;
+
+    /// Delete one file; `None` when it was not there.
+    async fn delete_file(&self, session_id: &str, file_id: &str) -> StoreResult<Option<FileMeta>>;
+
+    async fn stats(&self) -> StoreResult<StoreStats>;
+
+    /// The directory that is `/mnt/data` for this session's runs.
+    fn workspace_path(&self, session_id: &str) -> PathBuf;
+}
