@@ -1,0 +1,28 @@
+# The two commands a user needs: `make run` (install what is missing, build, serve on
+# port 8000) and `make test` (install what is missing, run every test).
+
+RUNTIME_DIR ?= /opt/code-interpreter
+export RUNTIME_DIR
+BIN := target/release/code-interpreter
+
+.PHONY: run test lint bootstrap build check-rust
+
+run: bootstrap build
+	./$(BIN) serve
+
+test: bootstrap check-rust
+	cargo test --locked
+
+lint: check-rust
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+bootstrap:
+	scripts/bootstrap
+
+build: check-rust
+	cargo build --release --locked
+
+# The server is built from source: it needs Rust 1.85 or newer (edition 2024).
+check-rust:
+	@command -v cargo >/dev/null || { echo "make: cargo is missing; install Rust 1.85+ with rustup (https://rustup.rs)" >&2; exit 1; }
