@@ -32,6 +32,22 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    /// bubblewrap namespaces, cgroup limits and a seccomp filter (the default).
+    Bwrap,
+    /// No isolation at all: for development on machines without namespaces only.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkPolicy {
+    /// User code gets a network namespace with only its own loopback.
+    Deny,
+    /// User code shares the host's network.
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExecutionProfile {
     Default,
     Stateful,
@@ -142,6 +158,75 @@ pub struct Settings {
     /// Absolute base URL of this server when it sits behind a proxy (used in OpenAPI `servers`).
     #[arg(long, env = "PUBLIC_BASE_URL", global = true)]
     pub public_base_url: Option<String>,
+
+    /// How user code is isolated: `bwrap` (namespaces, cgroups, seccomp) or `none` (development only).
+    #[arg(
+        long,
+        env = "SANDBOX",
+        value_enum,
+        default_value = "bwrap",
+        global = true
+    )]
+    pub sandbox: SandboxMode,
+
+    /// Whether user code may use the network.
+    #[arg(
+        long,
+        env = "SANDBOX_NETWORK",
+        value_enum,
+        default_value = "deny",
+        global = true
+    )]
+    pub sandbox_network: NetworkPolicy,
+
+    /// Wall-clock limit of one run, in seconds (a request's `timeout` may only lower it).
+    #[arg(long, env = "EXECUTION_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub execution_timeout: u64,
+
+    /// Memory limit of a sandbox in MiB (cgroup); 0 turns it off.
+    #[arg(long, env = "MAX_MEMORY_MB", default_value_t = 1024, global = true)]
+    pub max_memory_mb: u64,
+
+    /// Memory limit of one-shot runs in MiB, overriding `MAX_MEMORY_MB` for them.
+    #[arg(long, env = "SUBPROCESS_MAX_MEMORY_MB", global = true)]
+    pub subprocess_max_memory_mb: Option<u64>,
+
+    /// CPU seconds a one-shot run's processes may use (RLIMIT_CPU); 0 turns it off.
+    #[arg(
+        long,
+        env = "SUBPROCESS_MAX_CPU_SECONDS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub subprocess_max_cpu_seconds: u64,
+
+    /// Processes and threads a sandbox may have at once (cgroup pids); 0 turns it off.
+    #[arg(long, env = "MAX_PROCESSES", default_value_t = 256, global = true)]
+    pub max_processes: u64,
+
+    /// Size of a sandbox's private `/tmp` in MiB.
+    #[arg(long, env = "SANDBOX_TMP_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub sandbox_tmp_mb: u64,
+
+    /// Output kept per stream (stdout, stderr) of one run, in bytes; past it the run is stopped.
+    #[arg(long, env = "MAX_OUTPUT_BYTES", default_value_t = MIB, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_output_bytes: u64,
+
+    /// Largest accepted `code`, in bytes.
+    #[arg(long, env = "MAX_CODE_BYTES", default_value_t = MIB, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_code_bytes: u64,
+
+    /// Most output files reported by one run.
+    #[arg(long, env = "MAX_OUTPUT_FILES", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_output_files: u64,
+
+    /// Run bash with `set -euo pipefail`.
+    #[arg(long, env = "BASH_STRICT_MODE", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
+    pub bash_strict_mode: bool,
+
+    /// Runs executing at once across all sessions (default: 4 per core); more wait their turn.
+    #[arg(long, env = "MAX_CONCURRENT_RUNS", value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_concurrent_runs: Option<u64>,
 }
 
 impl Settings {
@@ -153,6 +238,17 @@ impl Settings {
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty())
             .collect()
+    }
+
+    pub fn one_shot_memory_bytes(&self) -> Option<u64> {
+        let mb = self.subprocess_max_memory_mb.unwrap_or(self.max_memory_mb);
+        (mb > 0).then(|| mb * MIB)
+    }
+
+    pub fn concurrent_runs(&self) -> usize {
+        self.max_concurrent_runs
+            .map(|n| n as usize)
+            .unwrap_or_else(|| 4 * std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     pub fn session_disk_quota_bytes(&self) -> Option<u64> {

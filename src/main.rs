@@ -3,6 +3,8 @@
 mod api;
 mod config;
 mod doctor;
+mod exec;
+mod runtime;
 mod sandbox;
 mod session;
 mod store;
@@ -77,14 +79,47 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("DATA_DIR {} cannot be created", settings.data_dir.display()))?;
-    let store = store::LocalStore::open(&settings.data_dir, settings.session_disk_quota_bytes())
-        .with_context(|| {
-            format!(
-                "the store in DATA_DIR {} cannot be opened",
-                settings.data_dir.display()
-            )
-        })?;
+    let data_dir = std::fs::canonicalize(&settings.data_dir).with_context(|| {
+        format!(
+            "DATA_DIR {} cannot be resolved",
+            settings.data_dir.display()
+        )
+    })?;
+    let sandbox = sandbox::Sandbox::new(sandbox::SandboxOptions {
+        mode: settings.sandbox,
+        network: settings.sandbox_network == config::NetworkPolicy::Allow,
+        tmp_bytes: settings.sandbox_tmp_mb * 1024 * 1024,
+        state_dir: data_dir.join("sandbox"),
+    })
+    .context("the sandbox cannot be set up (SANDBOX)")?;
+    let sandbox = Arc::new(sandbox);
+    let store = store::LocalStore::open(
+        &data_dir,
+        settings.session_disk_quota_bytes(),
+        sandbox.user(),
+    )
+    .with_context(|| {
+        format!(
+            "the store in DATA_DIR {} cannot be opened",
+            settings.data_dir.display()
+        )
+    })?;
     let store: Arc<dyn store::Store> = Arc::new(store);
+    let process = runtime::process::ProcessRuntime::new(
+        Arc::clone(&sandbox),
+        settings.runtime_dir.clone(),
+        &data_dir,
+        settings.bash_strict_mode,
+    )
+    .context("the runtime cache under DATA_DIR cannot be set up")?;
+    let exec = Arc::new(exec::ExecService::new(
+        Arc::clone(&store),
+        process,
+        Arc::clone(&settings),
+    ));
+    // Ask every runtime for its version now, so /health lists them and first runs are quick.
+    let warm = Arc::clone(&exec);
+    tokio::spawn(async move { warm.runtimes().warm_up().await });
     session::spawn_expiry(
         Arc::clone(&store),
         Duration::from_secs(settings.session_ttl_seconds),
@@ -99,6 +134,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let state = api::AppState {
         settings: Arc::clone(&settings),
         store,
+        exec,
+        sandbox: sandbox.isolation(),
         auth: Arc::new(api::Auth::new(&keys)),
         started: Instant::now(),
         metrics,

@@ -6,6 +6,7 @@
 
 mod auth;
 mod error;
+mod exec;
 mod files;
 mod openapi;
 mod system;
@@ -29,6 +30,8 @@ pub use auth::Auth;
 use error::ApiError;
 
 use crate::config::Settings;
+use crate::exec::ExecService;
+use crate::sandbox::Isolation;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -36,6 +39,8 @@ use crate::store::Store;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: Arc<dyn Store>,
+    pub exec: Arc<ExecService>,
+    pub sandbox: Isolation,
     pub auth: Arc<Auth>,
     pub started: Instant,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -52,8 +57,14 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
         .route("/upload/batch", post(files::upload_batch))
         // Upload size is enforced per file while streaming, not by buffering the body.
         .layer(DefaultBodyLimit::disable());
+    // JSON escaping can double the size of the code; the code itself is checked after parsing.
+    let exec_body_limit = (state.settings.max_code_bytes as usize).saturating_mul(2) + 1024 * 1024;
+    let exec = Router::new()
+        .route("/exec", post(exec::exec))
+        .layer(DefaultBodyLimit::max(exec_body_limit));
     Router::new()
         .merge(uploads)
+        .merge(exec)
         .route("/files/{session_id}", get(files::list_files))
         .route("/files/{session_id}/{file_id}", delete(files::delete_file))
         .route("/download/{session_id}/{file_id}", get(files::download))
@@ -65,6 +76,7 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
         .route("/exec/programmatic", post(system::programmatic))
         .route("/exec/programmatic/cancel", post(system::programmatic))
         .route("/metrics", get(system::metrics))
+        .route("/libraries", get(system::libraries))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

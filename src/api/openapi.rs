@@ -12,7 +12,7 @@ use utoipa::openapi::server::Server;
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use super::{AppState, error, files, system, wire};
+use super::{AppState, error, exec, files, system, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use super::{AppState, error, files, system, wire};
                        Every route is also served under /v1."
     ),
     paths(
+        exec::exec,
         files::upload,
         files::upload_batch,
         files::list_files,
@@ -31,11 +32,18 @@ use super::{AppState, error, files, system, wire};
         files::delete_session,
         system::health,
         system::metrics,
+        system::libraries,
         system::root,
         system::programmatic,
     ),
     components(schemas(
         error::ErrorBody,
+        exec::ExecBody,
+        exec::ExecResponse,
+        exec::RunInfo,
+        exec::ExecFile,
+        exec::FileRefBody,
+        exec::ArgsField,
         wire::FileObject,
         wire::FileMetadata,
         wire::SimpleFile,
@@ -50,6 +58,9 @@ use super::{AppState, error, files, system, wire};
         wire::DeletedSession,
         wire::UploadForm,
         system::Health,
+        system::SandboxInfo,
+        system::RuntimeLibraries,
+        system::Library,
         system::RootInfo,
     )),
     modifiers(&SecuritySchemes),
@@ -108,6 +119,7 @@ mod tests {
         let doc: serde_json::Value =
             serde_json::from_str(&document(Some("https://ci.example/"))).unwrap();
         for path in [
+            "/exec",
             "/upload",
             "/upload/batch",
             "/files/{session_id}",

@@ -1,14 +1,30 @@
 //! Health, metrics, the root document and the answers for routes that do not exist (yet).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
+use crate::config::parse_bool;
+use crate::runtime::Language;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SandboxInfo {
+    /// `bwrap`, or `none` (no isolation: development only).
+    pub mode: String,
+    pub network: bool,
+    /// Memory and process limits through cgroups (else rlimits only).
+    pub cgroups: bool,
+    pub seccomp: bool,
+    /// The host uid user code runs as, when the server drops privileges.
+    pub unprivileged_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -18,6 +34,9 @@ pub struct Health {
     pub uptime_seconds: u64,
     /// Sessions currently stored (not yet expired).
     pub active_sessions: u64,
+    pub sandbox: SandboxInfo,
+    /// Available languages and their versions.
+    pub runtimes: std::collections::BTreeMap<String, String>,
 }
 
 /// Liveness and readiness; no key needed.
@@ -34,11 +53,34 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
             "The metadata store is unavailable; check the server's disk and logs.",
         )
     })?;
+    let iso = &state.sandbox;
+    let warning = match (iso.mode, iso.cgroups) {
+        ("none", _) => Some("SANDBOX=none: user code runs without any isolation.".to_owned()),
+        (_, false) => {
+            Some("No cgroups: memory and process limits fall back to rlimits.".to_owned())
+        }
+        _ => None,
+    };
     Ok(Json(Health {
         status: "healthy".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_seconds: state.started.elapsed().as_secs(),
         active_sessions: stats.sessions,
+        sandbox: SandboxInfo {
+            mode: iso.mode.into(),
+            network: iso.network,
+            cgroups: iso.cgroups,
+            seccomp: iso.seccomp,
+            unprivileged_uid: iso.unprivileged_uid,
+            warning,
+        },
+        runtimes: state
+            .exec
+            .runtimes()
+            .known_versions()
+            .into_iter()
+            .map(|(l, v)| (l.name().to_owned(), v))
+            .collect(),
     }))
 }
 
@@ -66,6 +108,78 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         .into_response())
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LibrariesQuery {
+    /// A language name (`python`, `js`, `go`, …); all languages when absent.
+    runtime: Option<String>,
+    /// `true` to ask the runtimes again instead of using the cached lists.
+    refresh: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Library {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuntimeLibraries {
+    pub runtime: String,
+    pub version: String,
+    pub libraries: Vec<Library>,
+}
+
+/// Installed packages per runtime, read through the sandboxed runtimes themselves.
+#[utoipa::path(
+    get, path = "/libraries", tag = "system",
+    params(LibrariesQuery),
+    responses(
+        (status = 200, body = Vec<RuntimeLibraries>),
+        (status = 400, description = "Unknown runtime", body = ErrorBody),
+        (status = 503, description = "The runtime is not installed", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn libraries(
+    State(state): State<AppState>,
+    Query(query): Query<LibrariesQuery>,
+) -> ApiResult<Json<Vec<RuntimeLibraries>>> {
+    let runtimes = state.exec.runtimes();
+    if query
+        .refresh
+        .as_deref()
+        .is_some_and(|r| parse_bool(r).unwrap_or(false))
+    {
+        runtimes.forget_libraries();
+    }
+    let languages = match query.runtime.as_deref().filter(|r| !r.is_empty()) {
+        Some(name) => vec![Language::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Unknown runtime '{name}'; supported: {}.",
+                crate::runtime::SUPPORTED
+            ))
+        })?],
+        None => Language::ALL.to_vec(),
+    };
+    let mut out = Vec::with_capacity(languages.len());
+    for language in languages {
+        let libraries = match runtimes.libraries(language).await {
+            Ok(list) => list,
+            Err(_) if query.runtime.is_none() => continue,
+            Err(e) => return Err(crate::exec::ExecError::from(e).into()),
+        };
+        out.push(RuntimeLibraries {
+            runtime: language.name().into(),
+            version: runtimes.version(language).await.unwrap_or_default(),
+            libraries: libraries
+                .into_iter()
+                .map(|(name, version)| Library { name, version })
+                .collect(),
+        });
+    }
+    Ok(Json(out))
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RootInfo {
     pub name: String,
@@ -76,6 +190,8 @@ pub struct RootInfo {
 
 fn root_info() -> RootInfo {
     let endpoints = [
+        ("exec", "POST /exec"),
+        ("libraries", "GET /libraries?runtime="),
         ("upload", "POST /upload"),
         ("upload_batch", "POST /upload/batch"),
         (

@@ -1,4 +1,475 @@
-//! The sandbox every run goes through. For now: what this machine can offer it (bubblewrap,
-//! namespaces, cgroups), as `doctor` and `/health` report it. Knows nothing about languages.
+//! The sandbox every run goes through: bubblewrap namespaces, a read-only system, a private
+//! `/tmp`, the session's workspace at `/mnt/data`, no network, an unprivileged uid, a
+//! seccomp filter, cgroup limits and rlimits. Knows nothing about languages: a caller hands
+//! it an argv, an environment, extra mounts and limits.
+//!
+//! The steps, in order, for one launch (`Sandbox::spawn`):
+//! 1. make the run's cgroups and write its limits;
+//! 2. fork; in the child, before exec: join the cgroups, set rlimits, move the seccomp
+//!    filters to fixed descriptors, ask for SIGKILL if the server dies, drop to the
+//!    sandbox uid (when the server is root: bwrap started by root would map user code to
+//!    host root, so it must start unprivileged);
+//! 3. exec bwrap, which unshares every namespace (user, mount, pid, ipc, uts, net, cgroup),
+//!    builds the filesystem below, forbids further user namespaces, installs the filter
+//!    and runs the command as PID 2 under its own init, so when the command ends, the
+//!    namespace and every process left in it end too.
 
+mod cgroup;
 pub mod probe;
+mod seccomp;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+pub use cgroup::GroupLimits;
+use cgroup::{CgroupV1, RunCgroup};
+
+use crate::config::SandboxMode;
+
+/// Where the workspace appears inside the sandbox, and the working directory.
+pub const WORKSPACE: &str = "/mnt/data";
+/// The private home directory, inside the sandbox's `/tmp`.
+pub const HOME: &str = "/tmp/home";
+/// The unprivileged user a root server runs sandboxes as (`nobody`).
+const SANDBOX_ID: u32 = 65534;
+/// First descriptor number the seccomp filters are handed to bwrap on.
+const SECCOMP_FD_BASE: i32 = 100;
+/// Open files per process.
+const OPEN_FILES: u64 = 4096;
+
+/// Host configuration files a toolchain needs to work (alternatives symlinks, the dynamic
+/// linker cache, certificates, fonts, the JDK's config). Missing ones are skipped.
+const ETC_FILES: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/fonts",
+    "/etc/localtime",
+    "/etc/mime.types",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the sandbox could not be started: {0}")]
+    Spawn(io::Error),
+    #[error("the run's cgroup could not be set up: {0}")]
+    Cgroup(io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub mode: SandboxMode,
+    pub network: bool,
+    pub tmp_bytes: u64,
+    /// A directory of the server's for files the sandbox reads (passwd, group, hosts).
+    pub state_dir: PathBuf,
+}
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub inside: PathBuf,
+    pub writable: bool,
+}
+
+impl Mount {
+    pub fn read_only(host: impl Into<PathBuf>, inside: impl Into<PathBuf>) -> Self {
+        Mount {
+            host: host.into(),
+            inside: inside.into(),
+            writable: false,
+        }
+    }
+
+    pub fn writable(host: impl Into<PathBuf>, inside: impl Into<PathBuf>) -> Self {
+        Mount {
+            host: host.into(),
+            inside: inside.into(),
+            writable: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub processes: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+}
+
+/// One command to run in a sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct Job {
+    pub argv: Vec<String>,
+    /// The complete environment: nothing of the server's is inherited.
+    pub env: Vec<(String, String)>,
+    /// Bound read-write at `/mnt/data` and used as the working directory.
+    pub workspace: Option<PathBuf>,
+    pub mounts: Vec<Mount>,
+    pub limits: Limits,
+}
+
+/// How the sandbox is isolated on this machine, for `/health` and logs.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    pub mode: &'static str,
+    pub network: bool,
+    pub cgroups: bool,
+    pub seccomp: bool,
+    pub unprivileged_uid: Option<u32>,
+}
+
+pub struct Sandbox {
+    options: SandboxOptions,
+    user: Option<(u32, u32)>,
+    cgroups: Option<CgroupV1>,
+    seccomp: Option<seccomp::Filters>,
+}
+
+/// A started sandbox. Dropping it kills everything still running in it.
+pub struct Process {
+    pub child: tokio::process::Child,
+    cgroup: Option<RunCgroup>,
+}
+
+impl Sandbox {
+    pub fn new(options: SandboxOptions) -> io::Result<Self> {
+        let root = rustix::process::geteuid().is_root();
+        let user = root.then_some((SANDBOX_ID, SANDBOX_ID));
+        let cgroups = if root { CgroupV1::detect() } else { None };
+        if cgroups.is_none() {
+            tracing::warn!(
+                "no writable cgroup v1 memory/pids controllers: memory and process limits fall back to rlimits"
+            );
+        }
+        let seccomp = match options.mode {
+            SandboxMode::Bwrap => Some(seccomp::Filters::build().map_err(io::Error::other)?),
+            SandboxMode::None => {
+                tracing::warn!(
+                    "SANDBOX=none: user code runs WITHOUT isolation; use this for development only"
+                );
+                None
+            }
+        };
+        write_identity_files(&options.state_dir)?;
+        Ok(Sandbox {
+            options,
+            user,
+            cgroups,
+            seccomp,
+        })
+    }
+
+    /// The uid and gid user code runs as on the host, when the server drops to one.
+    pub fn user(&self) -> Option<(u32, u32)> {
+        self.user
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        Isolation {
+            mode: match self.options.mode {
+                SandboxMode::Bwrap => "bwrap",
+                SandboxMode::None => "none",
+            },
+            network: self.options.network,
+            cgroups: self.cgroups.is_some(),
+            seccomp: self.seccomp.is_some(),
+            unprivileged_uid: self.user.map(|(u, _)| u),
+        }
+    }
+
+    fn bwrap_args(&self, job: &Job, seccomp_fds: usize) -> Vec<String> {
+        let mut a: Vec<String> = Vec::with_capacity(96);
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        push(&["--unshare-all", "--unshare-user", "--disable-userns"]);
+        if self.options.network {
+            push(&["--share-net"]);
+        }
+        push(&[
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "sandbox",
+        ]);
+        push(&["--ro-bind", "/usr", "/usr"]);
+        // Merged-/usr systems link /bin, /lib… into /usr; others have real directories.
+        for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            let host = Path::new("/").join(top);
+            match std::fs::read_link(&host) {
+                Ok(target) => push(&[
+                    "--symlink",
+                    &target.to_string_lossy(),
+                    &host.to_string_lossy(),
+                ]),
+                Err(_) if host.is_dir() => push(&[
+                    "--ro-bind",
+                    &host.to_string_lossy(),
+                    &host.to_string_lossy(),
+                ]),
+                Err(_) => {}
+            }
+        }
+        for etc in ETC_FILES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(java_etc_dirs())
+        {
+            push(&["--ro-bind-try", &etc, &etc]);
+        }
+        let state = self.options.state_dir.to_string_lossy().into_owned();
+        push(&["--ro-bind", &format!("{state}/passwd"), "/etc/passwd"]);
+        push(&["--ro-bind", &format!("{state}/group"), "/etc/group"]);
+        if self.options.network {
+            push(&["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]);
+            push(&["--ro-bind-try", "/etc/hosts", "/etc/hosts"]);
+        } else {
+            push(&["--ro-bind", &format!("{state}/hosts"), "/etc/hosts"]);
+        }
+        push(&["--proc", "/proc", "--dev", "/dev"]);
+        push(&[
+            "--size",
+            &self.options.tmp_bytes.to_string(),
+            "--tmpfs",
+            "/tmp",
+        ]);
+        push(&["--dir", HOME]);
+        // Mounts below /tmp come after the tmpfs, or it would hide them.
+        for m in &job.mounts {
+            let kind = if m.writable { "--bind" } else { "--ro-bind" };
+            push(&[kind, &m.host.to_string_lossy(), &m.inside.to_string_lossy()]);
+        }
+        if let Some(ws) = &job.workspace {
+            push(&[
+                "--bind",
+                &ws.to_string_lossy(),
+                WORKSPACE,
+                "--chdir",
+                WORKSPACE,
+            ]);
+        } else {
+            push(&["--chdir", HOME]);
+        }
+        // Nothing outside /tmp, /mnt/data and the writable mounts may be written.
+        push(&["--remount-ro", "/"]);
+        for i in 0..seccomp_fds {
+            push(&[
+                "--add-seccomp-fd",
+                &(SECCOMP_FD_BASE + i as i32).to_string(),
+            ]);
+        }
+        push(&["--"]);
+        a.extend(job.argv.iter().cloned());
+        a
+    }
+
+    /// Start `job`. The returned process has its stdout and stderr piped and stdin closed.
+    pub fn spawn(&self, job: &Job, run_id: &str) -> Result<Process, SandboxError> {
+        let cgroup = match &self.cgroups {
+            Some(v1) => Some(
+                v1.create_run(
+                    run_id,
+                    GroupLimits {
+                        memory_bytes: job.limits.memory_bytes,
+                        processes: job.limits.processes,
+                    },
+                )
+                .map_err(SandboxError::Cgroup)?,
+            ),
+            None => None,
+        };
+        let seccomp_fds: Vec<OwnedFd> = match &self.seccomp {
+            Some(f) => f.memfds().map_err(SandboxError::Spawn)?,
+            None => Vec::new(),
+        };
+
+        let mut cmd = match self.options.mode {
+            SandboxMode::Bwrap => {
+                let mut c = tokio::process::Command::new("bwrap");
+                c.args(self.bwrap_args(job, seccomp_fds.len()));
+                c
+            }
+            SandboxMode::None => {
+                let mut c = tokio::process::Command::new(&job.argv[0]);
+                c.args(&job.argv[1..]);
+                if let Some(ws) = &job.workspace {
+                    c.current_dir(ws);
+                }
+                c
+            }
+        };
+        cmd.env_clear()
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+
+        let setup = ChildSetup {
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+            rlimits: rlimits(&job.limits, cgroup.is_some()),
+            seccomp_fds: seccomp_fds.iter().map(|f| f.as_raw_fd()).collect(),
+            user: self.user,
+        };
+        // SAFETY: `ChildSetup::apply` only makes async-signal-safe system calls on data
+        // prepared before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || setup.apply());
+        }
+        let child = cmd.spawn().map_err(SandboxError::Spawn)?;
+        drop(seccomp_fds);
+        Ok(Process { child, cgroup })
+    }
+}
+
+impl Process {
+    /// Kill every process of the run: the whole cgroup, and bwrap itself (whose death
+    /// takes the PID namespace with it).
+    pub fn kill_tree(&mut self) {
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+        let _ = self.child.start_kill();
+    }
+
+    pub fn peak_memory(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(|c| c.peak_memory())
+    }
+
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.cgroup.as_ref().and_then(|c| c.cpu_time())
+    }
+
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.oom_killed())
+    }
+
+    pub fn hit_process_limit(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.hit_process_limit())
+    }
+
+    /// Tear down off the async threads: removing a cgroup may wait for the last exit.
+    pub async fn release(mut self) {
+        let cgroup = self.cgroup.take();
+        let _ = tokio::task::spawn_blocking(move || drop(cgroup)).await;
+    }
+}
+
+fn java_etc_dirs() -> Vec<String> {
+    std::fs::read_dir("/etc")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("java-"))
+                })
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `/etc/passwd`, `/etc/group` and `/etc/hosts` as the sandbox sees them: only its own user
+/// and loopback, nothing about the host.
+fn write_identity_files(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("passwd"),
+        format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_ID}:{SANDBOX_ID}:sandbox:{HOME}:/bin/bash\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("group"),
+        format!("root:x:0:\nsandbox:x:{SANDBOX_ID}:\n"),
+    )?;
+    std::fs::write(
+        dir.join("hosts"),
+        "127.0.0.1 localhost sandbox\n::1 localhost\n",
+    )?;
+    for f in ["passwd", "group", "hosts"] {
+        std::fs::set_permissions(
+            dir.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )?;
+    }
+    Ok(())
+}
+
+fn rlimits(limits: &Limits, have_cgroup: bool) -> Vec<(libc::__rlimit_resource_t, u64)> {
+    let mut out = vec![(libc::RLIMIT_CORE, 0), (libc::RLIMIT_NOFILE, OPEN_FILES)];
+    if let Some(cpu) = limits.cpu_seconds {
+        out.push((libc::RLIMIT_CPU, cpu));
+    }
+    if let Some(size) = limits.file_size_bytes {
+        out.push((libc::RLIMIT_FSIZE, size));
+    }
+    // Without a memory cgroup, the address-space limit is the last resort (it breaks Node
+    // and Go, which reserve large ranges, so only then).
+    if !have_cgroup && let Some(mem) = limits.memory_bytes {
+        out.push((libc::RLIMIT_AS, mem));
+    }
+    out
+}
+
+/// What the child does between fork and exec, prepared in the parent.
+struct ChildSetup {
+    cgroup_procs: Vec<CString>,
+    rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    seccomp_fds: Vec<i32>,
+    user: Option<(u32, u32)>,
+}
+
+impl ChildSetup {
+    fn apply(&self) -> io::Result<()> {
+        // SAFETY: plain system calls on valid, pre-built arguments.
+        unsafe {
+            for path in &self.cgroup_procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for &(resource, value) in &self.rlimits {
+                let lim = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &lim) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (i, &fd) in self.seccomp_fds.iter().enumerate() {
+                // dup2 leaves the new descriptor without close-on-exec: bwrap inherits it.
+                if libc::dup2(fd, SECCOMP_FD_BASE + i as i32) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some((uid, gid)) = self.user
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}

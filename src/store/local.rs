@@ -21,8 +21,8 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::workspace::Workspace;
 use super::{
-    BodyStream, FileMeta, FileName, FileOrigin, NewFile, Session, StagedFile, Store, StoreError,
-    StoreResult, StoreStats,
+    BodyStream, FileMeta, FileName, FileOrigin, FileStamp, IGNORED_DIRS, NewFile, Session,
+    Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
 };
 use crate::session::{SessionOwner, Tenant, new_id};
 
@@ -60,6 +60,8 @@ const FILE_MODE: u32 = 0o644;
 const STAGING_BUFFER_BYTES: usize = 1024 * 1024;
 
 pub struct LocalStore {
+    /// Owner of workspaces and the files the server puts there: the sandbox user.
+    owner: Option<(u32, u32)>,
     sessions_dir: PathBuf,
     staging_dir: PathBuf,
     quota_bytes: Option<u64>,
@@ -75,10 +77,18 @@ fn now_millis() -> i64 {
 
 impl LocalStore {
     /// Open (or create) the store under `data_dir`. Uploads left in staging by a crash are removed.
-    pub fn open(data_dir: &Path, quota_bytes: Option<u64>) -> StoreResult<Self> {
+    pub fn open(
+        data_dir: &Path,
+        quota_bytes: Option<u64>,
+        owner: Option<(u32, u32)>,
+    ) -> StoreResult<Self> {
         let sessions_dir = data_dir.join("sessions");
         let staging_dir = data_dir.join("staging");
         std::fs::create_dir_all(&sessions_dir)?;
+        // The sandbox user must reach its own workspace by path, but not list the others.
+        for dir in [data_dir, sessions_dir.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        }
         if staging_dir.exists() {
             std::fs::remove_dir_all(&staging_dir)?;
         }
@@ -93,6 +103,7 @@ impl LocalStore {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
 
         Ok(LocalStore {
+            owner,
             sessions_dir,
             staging_dir,
             quota_bytes,
@@ -179,6 +190,95 @@ fn name_conflict_or(err: std::io::Error, name: &FileName) -> StoreError {
     }
 }
 
+fn insert_file(conn: &Connection, meta: &FileMeta) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!("INSERT INTO files ({FILE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        params![
+            meta.id,
+            meta.session_id,
+            meta.name.as_str(),
+            meta.size as i64,
+            meta.sha256,
+            meta.content_type,
+            meta.modified_at,
+            meta.read_only,
+            meta.origin.kind,
+            meta.origin.ref_id,
+            meta.origin.version,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Size and SHA-256 of a file, read in chunks.
+fn hash_file(mut file: std::fs::File) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// Most entries one snapshot looks at; a workspace with more is reported partially.
+const MAX_WALK_ENTRIES: usize = 100_000;
+
+/// The regular files under `root`, without following symlinks or entering tool litter.
+fn walk_workspace(root: &Path) -> std::io::Result<Snapshot> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Snapshot::new();
+    let mut seen = 0usize;
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_WALK_ENTRIES {
+                return Ok(out);
+            }
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            // DirEntry::metadata does not follow symlinks.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if !IGNORED_DIRS.contains(&name.as_str()) {
+                    stack.push((entry.path(), rel));
+                }
+            } else if meta.is_file()
+                && let Ok(file_name) = FileName::parse(&rel)
+            {
+                out.insert(
+                    file_name,
+                    FileStamp {
+                        size: meta.len(),
+                        modified_ns: meta.mtime() as i128 * 1_000_000_000
+                            + meta.mtime_nsec() as i128,
+                        inode: meta.ino(),
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn session_exists(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
     conn.query_row("SELECT 1 FROM sessions WHERE id = ?1", [id], |_| Ok(()))
         .optional()
@@ -197,7 +297,11 @@ impl Store for LocalStore {
             created_at: now,
             last_used_at: now,
         };
-        std::fs::create_dir_all(self.workspace_path(&session.id)).map_err(StoreError::from_io)?;
+        let workspace = self.workspace_path(&session.id);
+        std::fs::create_dir_all(&workspace).map_err(StoreError::from_io)?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&workspace, Some(uid), Some(gid))?;
+        }
         let row = session.clone();
         self.with_db(move |conn| {
             conn.execute(
@@ -227,6 +331,34 @@ impl Store for LocalStore {
             );
             Ok(conn
                 .query_row(&sql, params![now_millis(), id, tenant], session_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn latest_session_for(
+        &self,
+        tenant: &Tenant,
+        owner: &SessionOwner,
+    ) -> StoreResult<Option<Session>> {
+        let Some(entity) = owner.entity_id.clone() else {
+            return Ok(None);
+        };
+        let (tenant, user) = (tenant.0.clone(), owner.user_id.clone());
+        self.with_db(move |conn| {
+            let sql = format!(
+                "UPDATE sessions SET last_used_at = ?1 WHERE id = (
+                    SELECT id FROM sessions
+                    WHERE tenant = ?2 AND entity_id = ?3 AND user_id IS ?4
+                    ORDER BY last_used_at DESC LIMIT 1)
+                 RETURNING {SESSION_COLUMNS}"
+            );
+            Ok(conn
+                .query_row(
+                    &sql,
+                    params![now_millis(), tenant, entity, user],
+                    session_from_row,
+                )
                 .optional()?)
         })
         .await
@@ -298,6 +430,9 @@ impl Store for LocalStore {
         // Readable by the sandbox user once it is in the workspace (tempfile makes 0600).
         temp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::fchown(temp.as_file(), Some(uid), Some(gid))?;
+        }
         let file = tokio::fs::File::from_std(temp.as_file().try_clone()?);
         let mut writer = BufWriter::with_capacity(STAGING_BUFFER_BYTES, file);
         let mut hasher = Sha256::new();
@@ -328,6 +463,7 @@ impl Store for LocalStore {
         let sid = session_id.to_owned();
         let root = self.workspace_path(session_id);
         let quota = self.quota_bytes;
+        let owner = self.owner;
         self.with_db(move |conn| {
             let tx = conn.transaction()?;
             if !session_exists(&tx, &sid)? {
@@ -352,7 +488,7 @@ impl Store for LocalStore {
                 }
             }
 
-            let workspace = Workspace::new(&root);
+            let workspace = Workspace::new(&root, owner);
             let now = now_millis();
             let mut metas = Vec::with_capacity(files.len());
             for f in files {
@@ -371,22 +507,7 @@ impl Store for LocalStore {
                     "DELETE FROM files WHERE session_id = ?1 AND name = ?2",
                     params![sid, meta.name.as_str()],
                 )?;
-                tx.execute(
-                    &format!("INSERT INTO files ({FILE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-                    params![
-                        meta.id,
-                        meta.session_id,
-                        meta.name.as_str(),
-                        meta.size as i64,
-                        meta.sha256,
-                        meta.content_type,
-                        meta.modified_at,
-                        meta.read_only,
-                        meta.origin.kind,
-                        meta.origin.ref_id,
-                        meta.origin.version,
-                    ],
-                )?;
+                insert_file(&tx, &meta)?;
                 // The rename happens inside the transaction: if it fails, the metadata rolls back.
                 workspace
                     .rename_into(f.staged.temp.path(), &meta.name)
@@ -404,9 +525,10 @@ impl Store for LocalStore {
     async fn open(&self, file: &FileMeta) -> StoreResult<tokio::fs::File> {
         let root = self.workspace_path(&file.session_id);
         let name = file.name.clone();
-        let std_file = tokio::task::spawn_blocking(move || Workspace::new(&root).open_file(&name))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let std_file =
+            tokio::task::spawn_blocking(move || Workspace::new(&root, None).open_file(&name))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         Ok(tokio::fs::File::from_std(std_file))
     }
 
@@ -424,7 +546,7 @@ impl Store for LocalStore {
             else {
                 return Ok(None);
             };
-            Workspace::new(&root).remove(&meta.name)?;
+            Workspace::new(&root, None).remove(&meta.name)?;
             tx.commit()?;
             Ok(Some(meta))
         })
@@ -447,6 +569,117 @@ impl Store for LocalStore {
             })
         })
         .await
+    }
+
+    async fn snapshot(&self, session_id: &str) -> StoreResult<Snapshot> {
+        let root = self.workspace_path(session_id);
+        tokio::task::spawn_blocking(move || walk_workspace(&root))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(StoreError::from_io)
+    }
+
+    async fn record_changes(
+        &self,
+        session_id: &str,
+        changed: Vec<FileName>,
+        removed: Vec<FileName>,
+    ) -> StoreResult<Vec<FileMeta>> {
+        let root = self.workspace_path(session_id);
+        // Hash outside the metadata lock: big outputs take a while.
+        let hashed = tokio::task::spawn_blocking(move || {
+            let ws = Workspace::new(&root, None);
+            changed
+                .into_iter()
+                .filter_map(|name| {
+                    let file = ws.open_file(&name).ok()?;
+                    let (size, sha) = hash_file(file).ok()?;
+                    Some((name, size, sha))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+
+        let sid = session_id.to_owned();
+        self.with_db(move |conn| {
+            let tx = conn.transaction()?;
+            for name in &removed {
+                tx.execute(
+                    "DELETE FROM files WHERE session_id = ?1 AND name = ?2",
+                    params![sid, name.as_str()],
+                )?;
+            }
+            let now = now_millis();
+            let mut metas = Vec::with_capacity(hashed.len());
+            for (name, size, sha256) in hashed {
+                let sql = format!(
+                    "DELETE FROM files WHERE session_id = ?1 AND name = ?2 RETURNING {FILE_COLUMNS}"
+                );
+                let previous = tx
+                    .query_row(&sql, params![sid, name.as_str()], file_from_row)
+                    .optional()?;
+                let meta = FileMeta {
+                    id: new_id(),
+                    session_id: sid.clone(),
+                    content_type: name.content_type(),
+                    name,
+                    size,
+                    sha256,
+                    modified_at: now,
+                    read_only: previous.as_ref().is_some_and(|p| p.read_only),
+                    origin: previous.map(|p| p.origin).unwrap_or_default(),
+                };
+                insert_file(&tx, &meta)?;
+                metas.push(meta);
+            }
+            tx.commit()?;
+            Ok(metas)
+        })
+        .await
+    }
+
+    async fn copy_into(
+        &self,
+        source: &FileMeta,
+        session_id: &str,
+        name: FileName,
+        read_only: bool,
+        origin: FileOrigin,
+    ) -> StoreResult<FileMeta> {
+        let src_root = self.workspace_path(&source.session_id);
+        let src_name = source.name.clone();
+        let sha256 = source.sha256.clone();
+        let staging = self.staging_dir.clone();
+        let owner = self.owner;
+        let staged = tokio::task::spawn_blocking(move || -> std::io::Result<StagedFile> {
+            let mut src = Workspace::new(&src_root, None).open_file(&src_name)?;
+            let temp = tempfile::NamedTempFile::new_in(staging)?;
+            temp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(temp.as_file(), Some(uid), Some(gid))?;
+            }
+            // std's copy between files uses copy_file_range: no bytes pass through memory,
+            // and the result is a copy, never a link to the source.
+            let size = std::io::copy(&mut src, &mut temp.as_file())?;
+            Ok(StagedFile { temp, size, sha256 })
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        .map_err(StoreError::from_io)?;
+        let mut metas = self
+            .commit(
+                session_id,
+                vec![NewFile {
+                    name,
+                    staged,
+                    read_only,
+                    origin,
+                }],
+            )
+            .await?;
+        Ok(metas.remove(0))
     }
 
     fn workspace_path(&self, session_id: &str) -> PathBuf {

@@ -63,6 +63,19 @@ impl FileMeta {
     }
 }
 
+/// What identifies one version of a file on disk, for change detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: u64,
+    pub modified_ns: i128,
+    pub inode: u64,
+}
+
+pub type Snapshot = std::collections::BTreeMap<FileName, FileStamp>;
+
+/// Directories tools leave behind that are never session files.
+pub const IGNORED_DIRS: &[&str] = &["__pycache__", ".ipynb_checkpoints"];
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreStats {
     pub sessions: u64,
@@ -127,6 +140,13 @@ pub trait Store: Send + Sync {
     /// The session if it exists and belongs to `tenant`; marks it used.
     async fn session(&self, tenant: &Tenant, id: &str) -> StoreResult<Option<Session>>;
 
+    /// The most recently used session of (tenant, user, entity).
+    async fn latest_session_for(
+        &self,
+        tenant: &Tenant,
+        owner: &SessionOwner,
+    ) -> StoreResult<Option<Session>>;
+
     /// Remove a session with its files; false when it did not exist for this tenant.
     async fn delete_session(&self, tenant: &Tenant, id: &str) -> StoreResult<bool>;
 
@@ -151,6 +171,29 @@ pub trait Store: Send + Sync {
     async fn delete_file(&self, session_id: &str, file_id: &str) -> StoreResult<Option<FileMeta>>;
 
     async fn stats(&self) -> StoreResult<StoreStats>;
+
+    /// The workspace's regular files as they are on disk now (no symlinks, no tool litter).
+    async fn snapshot(&self, session_id: &str) -> StoreResult<Snapshot>;
+
+    /// Record what a run did to the workspace: `changed` files get fresh ids (hashed from
+    /// disk), `removed` ones lose their metadata.
+    async fn record_changes(
+        &self,
+        session_id: &str,
+        changed: Vec<FileName>,
+        removed: Vec<FileName>,
+    ) -> StoreResult<Vec<FileMeta>>;
+
+    /// Copy a stored file into a session under `name` (a kernel-side copy: the bytes never
+    /// pass through memory, and the copy is independent of the source).
+    async fn copy_into(
+        &self,
+        source: &FileMeta,
+        session_id: &str,
+        name: FileName,
+        read_only: bool,
+        origin: FileOrigin,
+    ) -> StoreResult<FileMeta>;
 
     /// The directory that is `/mnt/data` for this session's runs.
     fn workspace_path(&self, session_id: &str) -> PathBuf;

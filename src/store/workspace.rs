@@ -22,11 +22,13 @@ fn resolve_flags() -> ResolveFlags {
 
 pub struct Workspace<'a> {
     root: &'a Path,
+    /// Who owns what the server creates here (the sandbox user, when the server is root).
+    owner: Option<(u32, u32)>,
 }
 
 impl<'a> Workspace<'a> {
-    pub fn new(root: &'a Path) -> Self {
-        Workspace { root }
+    pub fn new(root: &'a Path, owner: Option<(u32, u32)>) -> Self {
+        Workspace { root, owner }
     }
 
     fn open_root(&self) -> io::Result<OwnedFd> {
@@ -43,7 +45,18 @@ impl<'a> Workspace<'a> {
         for segment in rel.into_iter().flat_map(|r| r.split('/')) {
             if create {
                 match rustix::fs::mkdirat(&dir, segment, Mode::from_raw_mode(DIR_MODE)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Ok(()) => {
+                        if let Some((uid, gid)) = self.owner {
+                            rustix::fs::chownat(
+                                &dir,
+                                segment,
+                                Some(rustix::fs::Uid::from_raw(uid)),
+                                Some(rustix::fs::Gid::from_raw(gid)),
+                                AtFlags::SYMLINK_NOFOLLOW,
+                            )?;
+                        }
+                    }
+                    Err(rustix::io::Errno::EXIST) => {}
                     Err(err) => return Err(err.into()),
                 }
             }
@@ -110,7 +123,7 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("etcdir")).unwrap();
-        let ws = Workspace::new(&root);
+        let ws = Workspace::new(&root, None);
         assert!(ws.open_file(&FileName::parse("link").unwrap()).is_err());
         assert!(
             ws.open_file(&FileName::parse("etcdir/passwd").unwrap())
@@ -132,7 +145,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staged = dir.path().join("staged");
         std::fs::write(&staged, b"hello").unwrap();
-        let ws = Workspace::new(dir.path());
+        let ws = Workspace::new(dir.path(), None);
         let name = FileName::parse("a/b/c.txt").unwrap();
         ws.rename_into(&staged, &name).unwrap();
         let mut text = String::new();

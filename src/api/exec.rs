@@ -1,0 +1,385 @@
+//! `POST /exec`: the request and response shapes (LibreChat's and the seed's), turned into
+//! an `ExecRequest` for the `ExecService` and back.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::wire::download_path;
+use crate::exec::{ExecError, ExecRequest, ExecResult, FileRef, OutputFile};
+use crate::runtime::{self, Language};
+use crate::session::{SessionOwner, Tenant, is_valid_entity_id};
+
+/// `args`: a list is argv exactly; a string is split as a POSIX shell would.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ArgsField {
+    List(Vec<String>),
+    Line(String),
+}
+
+/// A file to place at `/mnt/data/<name>` before the run: LibreChat 2.x
+/// `{id, session_id, name}` or 3.x `{id, resource_id, name, storage_session_id, kind, version}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct FileRefBody {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub session_id: Option<String>,
+    pub storage_session_id: Option<String>,
+    pub resource_id: Option<String>,
+    pub kind: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub version: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExecBody {
+    /// The source code.
+    pub code: Option<String>,
+    /// `py`/`python`, `bash`, `sh`, `js`/`javascript`/`node`, `ts`/`typescript`, `go`, `c`,
+    /// `cpp`/`c++`, `rs`/`rust`, `java` (case-insensitive).
+    pub lang: Option<String>,
+    pub args: Option<ArgsField>,
+    /// Reuse this session (when it is yours); otherwise a new one is made.
+    pub session_id: Option<String>,
+    /// Without `session_id`: reuse the latest session of (you, this user, this entity).
+    pub entity_id: Option<String>,
+    pub user_id: Option<String>,
+    pub files: Option<Vec<FileRefBody>>,
+    /// Wall-clock limit in milliseconds, capped at `EXECUTION_TIMEOUT`.
+    pub timeout: Option<u64>,
+    /// LibreChat's stateful profile: runs with the same hint share a session.
+    pub runtime_session_hint: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunInfo {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    /// stdout then stderr.
+    pub output: String,
+    /// `success`, `error`, `timeout` or `killed`.
+    pub status: String,
+    pub message: Option<String>,
+    /// Milliseconds.
+    pub wall_time: f64,
+    /// Milliseconds, when measured.
+    pub cpu_time: Option<f64>,
+    /// Peak bytes, when measured.
+    pub memory: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModifiedFrom {
+    pub id: String,
+    pub session_id: String,
+    pub storage_session_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecFile {
+    pub id: String,
+    /// Path relative to `/mnt/data`.
+    pub name: String,
+    pub session_id: String,
+    pub storage_session_id: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inherited: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modified_from: Option<ModifiedFrom>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactTruncation {
+    pub code: String,
+    pub limit: usize,
+    pub total: usize,
+    pub omitted: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecResponse {
+    pub session_id: String,
+    pub language: String,
+    pub version: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub run: RunInfo,
+    pub files: Vec<ExecFile>,
+    pub deleted_files: Vec<String>,
+    /// The same as in `run`, flat, as LibreChat's official API answers.
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub message: Option<String>,
+    pub wall_time: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_truncation: Option<ArtifactTruncation>,
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
+}
+
+impl ExecFile {
+    fn of(f: &OutputFile) -> Self {
+        let reference = f.reference.as_ref();
+        ExecFile {
+            id: f.meta.id.clone(),
+            name: f.meta.name.to_string(),
+            session_id: f.meta.session_id.clone(),
+            storage_session_id: f.meta.session_id.clone(),
+            path: download_path(&f.meta),
+            resource_id: reference.and_then(|r| r.resource_id.clone()),
+            kind: reference.and_then(|r| r.kind.clone()),
+            version: reference.and_then(|r| r.version.clone()),
+            inherited: f.inherited,
+            modified_from: f.modified_from.as_ref().map(|(id, sid)| ModifiedFrom {
+                id: id.clone(),
+                session_id: sid.clone(),
+                storage_session_id: sid.clone(),
+            }),
+        }
+    }
+}
+
+impl ExecResponse {
+    pub fn of(r: &ExecResult) -> Self {
+        let o = &r.outcome;
+        let run = RunInfo {
+            stdout: r.stdout.clone(),
+            stderr: r.stderr.clone(),
+            code: o.exit_code,
+            signal: o.signal.clone(),
+            output: format!("{}{}", r.stdout, r.stderr),
+            status: o.status.as_str().to_owned(),
+            message: o.message.clone(),
+            wall_time: millis(o.wall_time),
+            cpu_time: o.cpu_time.map(millis),
+            memory: o.peak_memory,
+        };
+        ExecResponse {
+            session_id: r.session_id.clone(),
+            language: r.language.name().to_owned(),
+            version: r.version.clone(),
+            stdout: r.stdout.clone(),
+            stderr: r.stderr.clone(),
+            code: run.code,
+            signal: run.signal.clone(),
+            message: run.message.clone(),
+            wall_time: run.wall_time,
+            run,
+            files: r.files.iter().map(ExecFile::of).collect(),
+            deleted_files: r.deleted_files.clone(),
+            artifact_truncation: r.truncated_files.map(|(limit, total)| ArtifactTruncation {
+                code: "artifact_truncated".into(),
+                limit,
+                total,
+                omitted: total - limit,
+            }),
+        }
+    }
+}
+
+impl From<ExecError> for ApiError {
+    fn from(err: ExecError) -> Self {
+        match err {
+            ExecError::BadRequest(s) => ApiError::bad_request(s),
+            e @ ExecError::InputMissing(_) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "session_input_unavailable",
+                e.to_string(),
+            ),
+            e @ ExecError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "runtime_unavailable",
+                format!("{e} Run `code-interpreter doctor` on the server to see what is missing."),
+            ),
+            ExecError::Store(e) => e.into(),
+            ExecError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
+fn label(value: Option<String>, field: &str) -> ApiResult<Option<String>> {
+    match value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+        Some(v) if v.len() > 128 || v.chars().any(char::is_control) => Err(ApiError::validation(
+            format!("'{field}' must be at most 128 printable characters."),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Check and convert the JSON body. Every mistake gets its own sentence.
+pub fn parse_request(
+    state: &AppState,
+    tenant: Tenant,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<ExecRequest> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!(
+                    "The request body is too large: code may be at most {} bytes.",
+                    state.settings.max_code_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_request("The request body could not be read; send it again.")
+        }
+    })?;
+    let body: ExecBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::validation(format!(
+            "The body must be a JSON object with 'code' and 'lang' ({e})."
+        ))
+    })?;
+    let lang = body.lang.ok_or_else(|| {
+        ApiError::validation("'lang' is required: the language of the code, e.g. \"py\".")
+    })?;
+    let language = Language::parse(&lang).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_language",
+            format!(
+                "Unsupported language '{lang}'; supported: {}.",
+                runtime::SUPPORTED
+            ),
+        )
+    })?;
+    let code = body
+        .code
+        .ok_or_else(|| ApiError::validation("'code' is required: the source to run."))?;
+    if code.len() as u64 > state.settings.max_code_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "code_too_large",
+            format!(
+                "'code' is {} bytes; the limit is {} bytes (MAX_CODE_BYTES).",
+                code.len(),
+                state.settings.max_code_bytes
+            ),
+        ));
+    }
+    let args = match body.args {
+        None => Vec::new(),
+        Some(ArgsField::List(list)) => list,
+        Some(ArgsField::Line(line)) => shlex::split(&line).ok_or_else(|| {
+            ApiError::bad_request(
+                "'args' has an unclosed quote; balance the quotes or send a list.",
+            )
+        })?,
+    };
+    if let Some(entity) = &body.entity_id
+        && !is_valid_entity_id(entity)
+    {
+        return Err(ApiError::validation(
+            "entity_id must be 1 to 40 characters of A-Z, a-z, 0-9, '_' and '-'.",
+        ));
+    }
+    if body.timeout == Some(0) {
+        return Err(ApiError::validation(
+            "'timeout' is in milliseconds and must be at least 1.",
+        ));
+    }
+    let user_id = label(body.user_id, "user_id")?.or_else(|| {
+        label(
+            headers
+                .get("user-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            "User-Id",
+        )
+        .ok()
+        .flatten()
+    });
+    let hint = label(body.runtime_session_hint, "runtime_session_hint")?;
+    let files = body
+        .files
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let storage = f.storage_session_id.or(f.session_id);
+            match (f.id, f.name, storage) {
+                (Some(id), Some(name), Some(storage_session_id)) => Ok(FileRef {
+                    storage_session_id,
+                    id,
+                    name,
+                    resource_id: f.resource_id,
+                    kind: f.kind,
+                    version: f.version.map(|v| match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    }),
+                }),
+                _ => Err(ApiError::validation(format!(
+                    "files[{i}] needs 'id', 'name' and 'session_id' (or 'storage_session_id')."
+                ))),
+            }
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    // A stateful hint maps to a session like an entity does, keyed apart from entities.
+    let entity_id = match hint {
+        Some(h) => Some(format!("hint:{h}")),
+        None => body.entity_id,
+    };
+    Ok(ExecRequest {
+        tenant,
+        language,
+        code,
+        args,
+        session_id: body.session_id.filter(|s| !s.is_empty()),
+        owner: SessionOwner { user_id, entity_id },
+        files,
+        timeout: body.timeout.map(Duration::from_millis),
+    })
+}
+
+/// Run code in a session and wait for the result. A run that started answers 200, also
+/// when the code failed, timed out or was killed (`run.status` says which).
+#[utoipa::path(
+    post, path = "/exec", tag = "exec",
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "The run's result", body = ExecResponse),
+        (status = 400, description = "Unsupported language or bad arguments", body = ErrorBody),
+        (status = 404, description = "An input file is missing", body = ErrorBody),
+        (status = 413, description = "Code over MAX_CODE_BYTES", body = ErrorBody),
+        (status = 422, description = "Missing or malformed fields", body = ErrorBody),
+        (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn exec(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ExecResponse>> {
+    let request = parse_request(&state, tenant, &headers, body)?;
+    let (_, events) = state.exec.start(request).await?;
+    let result = crate::exec::finish(events)
+        .await
+        .ok_or_else(|| ApiError::internal("the run ended without a result"))?;
+    Ok(Json(ExecResponse::of(&result)))
+}

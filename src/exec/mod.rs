@@ -1,0 +1,458 @@
+//! `ExecService`: the one place a request becomes a run. It resolves the session (owner
+//! check), places referenced files, takes the session's turn, runs the code through its
+//! runtime, works out which files the run created, changed or deleted, and reports all of
+//! it as a stream of events ending in `Done`. `/exec` folds that stream; `/exec/stream`
+//! and MCP forward it. Speaks Rust types only.
+
+mod utf8;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::config::Settings;
+use crate::runtime::process::{ProcessRuntime, RunRequest};
+use crate::runtime::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
+use crate::sandbox::Limits;
+use crate::session::{SessionOwner, Tenant, is_valid_id, new_id};
+use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
+
+pub use utf8::Utf8Decoder;
+
+/// A file the request wants at `/mnt/data/<name>` (LibreChat 2.x and 3.x shapes).
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    pub storage_session_id: String,
+    pub id: String,
+    pub name: String,
+    pub resource_id: Option<String>,
+    pub kind: Option<String>,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub tenant: Tenant,
+    pub language: Language,
+    pub code: String,
+    pub args: Vec<String>,
+    pub session_id: Option<String>,
+    pub owner: SessionOwner,
+    pub files: Vec<FileRef>,
+    pub timeout: Option<Duration>,
+}
+
+/// A file in a run's result.
+#[derive(Debug, Clone)]
+pub struct OutputFile {
+    pub meta: FileMeta,
+    /// The request's reference this file came from, when it did.
+    pub reference: Option<FileRef>,
+    /// An input echoed back unchanged (or read-only): not a new artifact.
+    pub inherited: bool,
+    /// The input this changed file replaces (id, storage session).
+    pub modified_from: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecResult {
+    pub session_id: String,
+    pub language: Language,
+    pub version: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub outcome: RunOutcome,
+    pub files: Vec<OutputFile>,
+    pub deleted_files: Vec<String>,
+    /// (limit, total) when more files were made than are reported.
+    pub truncated_files: Option<(usize, usize)>,
+}
+
+/// What a run reports while it goes.
+#[derive(Debug, Clone)]
+pub enum ExecEvent {
+    Stdout(String),
+    Stderr(String),
+    Done(Box<ExecResult>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("The input file '{0}' was not found: it may have expired; upload it again.")]
+    InputMissing(String),
+    #[error("The {0} runtime is not available on this server.")]
+    Unavailable(Language),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the run failed to start: {0}")]
+    Internal(String),
+}
+
+impl From<RuntimeError> for ExecError {
+    fn from(err: RuntimeError) -> Self {
+        match err {
+            RuntimeError::Unavailable(lang) => ExecError::Unavailable(lang),
+            other => ExecError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// One queue per session: runs on a session take turns, never mix.
+#[derive(Default)]
+struct SessionTurns {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl SessionTurns {
+    fn lock_for(&self, session_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget turns nobody waits for, so the map does not grow with every session ever seen.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(map.entry(session_id.to_owned()).or_default())
+    }
+}
+
+pub struct ExecService {
+    store: Arc<dyn Store>,
+    process: ProcessRuntime,
+    settings: Arc<Settings>,
+    turns: SessionTurns,
+    slots: Arc<Semaphore>,
+}
+
+impl ExecService {
+    pub fn new(store: Arc<dyn Store>, process: ProcessRuntime, settings: Arc<Settings>) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.concurrent_runs()));
+        ExecService {
+            store,
+            process,
+            settings,
+            turns: SessionTurns::default(),
+            slots,
+        }
+    }
+
+    /// The runtimes behind this service (versions, libraries).
+    pub fn runtimes(&self) -> &ProcessRuntime {
+        &self.process
+    }
+
+    /// Check the request, resolve its session and inputs, then start the run. Everything a
+    /// client can get wrong fails here, before any event is sent.
+    pub async fn start(
+        self: &Arc<Self>,
+        req: ExecRequest,
+    ) -> Result<(String, mpsc::Receiver<ExecEvent>), ExecError> {
+        let version = self.process.version(req.language).await?;
+        let inputs = self.resolve_inputs(&req).await?;
+        let session = self.resolve_session(&req).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let service = Arc::clone(self);
+        let session_id = session.id.clone();
+        tokio::spawn(async move {
+            let (language, sid) = (req.language, session.id.clone());
+            let started = Instant::now();
+            let result = service
+                .run(req, session, version.clone(), inputs, &tx)
+                .await;
+            let done = result.unwrap_or_else(|err| {
+                // A failure of ours still ends with a result the client can show.
+                tracing::error!(error = %err, "run failed");
+                let message = "The server could not complete this run; try again.".to_owned();
+                ExecResult {
+                    session_id: sid,
+                    language,
+                    version,
+                    stdout: String::new(),
+                    stderr: format!("[sandbox] {message}\n"),
+                    outcome: RunOutcome {
+                        status: RunStatus::Error,
+                        exit_code: None,
+                        signal: None,
+                        message: Some(message),
+                        wall_time: started.elapsed(),
+                        cpu_time: None,
+                        peak_memory: None,
+                    },
+                    files: Vec::new(),
+                    deleted_files: Vec::new(),
+                    truncated_files: None,
+                }
+            });
+            let _ = tx.send(ExecEvent::Done(Box::new(done))).await;
+        });
+        Ok((session_id, rx))
+    }
+
+    async fn resolve_session(&self, req: &ExecRequest) -> Result<Session, ExecError> {
+        if let Some(sid) = req.session_id.as_deref().filter(|s| is_valid_id(s))
+            && let Some(s) = self.store.session(&req.tenant, sid).await?
+        {
+            return Ok(s);
+        }
+        if req.session_id.is_none()
+            && let Some(s) = self
+                .store
+                .latest_session_for(&req.tenant, &req.owner)
+                .await?
+        {
+            return Ok(s);
+        }
+        // Unknown, expired or another tenant's: a new session, never a hint that it exists.
+        Ok(self.store.create_session(&req.tenant, &req.owner).await?)
+    }
+
+    async fn resolve_inputs(
+        &self,
+        req: &ExecRequest,
+    ) -> Result<Vec<(FileRef, FileName, FileMeta)>, ExecError> {
+        let mut out = Vec::with_capacity(req.files.len());
+        for r in &req.files {
+            let name = FileName::parse(&r.name).map_err(|e| {
+                ExecError::BadRequest(format!("Invalid input file name '{}': {e}.", r.name))
+            })?;
+            let missing = || ExecError::InputMissing(r.name.clone());
+            if !is_valid_id(&r.storage_session_id) || !is_valid_id(&r.id) {
+                return Err(missing());
+            }
+            if self
+                .store
+                .session(&req.tenant, &r.storage_session_id)
+                .await?
+                .is_none()
+            {
+                return Err(missing());
+            }
+            let meta = self
+                .store
+                .file(&r.storage_session_id, &r.id)
+                .await?
+                .ok_or_else(missing)?;
+            out.push((r.clone(), name, meta));
+        }
+        Ok(out)
+    }
+
+    fn limits(&self) -> Limits {
+        let s = &self.settings;
+        Limits {
+            memory_bytes: s.one_shot_memory_bytes(),
+            processes: (s.max_processes > 0).then_some(s.max_processes),
+            cpu_seconds: (s.subprocess_max_cpu_seconds > 0).then_some(s.subprocess_max_cpu_seconds),
+            file_size_bytes: s.session_disk_quota_bytes(),
+        }
+    }
+
+    async fn run(
+        &self,
+        req: ExecRequest,
+        session: Session,
+        version: String,
+        inputs: Vec<(FileRef, FileName, FileMeta)>,
+        tx: &mpsc::Sender<ExecEvent>,
+    ) -> Result<ExecResult, ExecError> {
+        let turn = self.turns.lock_for(&session.id);
+        let _turn = turn.lock().await;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| ExecError::Internal(e.to_string()))?;
+
+        // Place the inputs (a copy; a file already at its place in this session stays).
+        let mut placed: Vec<(FileRef, FileMeta, FileMeta)> = Vec::with_capacity(inputs.len());
+        for (reference, name, source) in inputs {
+            let here = if source.session_id == session.id && source.name == name {
+                source.clone()
+            } else {
+                let origin = FileOrigin {
+                    kind: reference.kind.clone(),
+                    ref_id: reference.resource_id.clone(),
+                    version: reference.version.clone(),
+                };
+                self.store
+                    .copy_into(&source, &session.id, name, source.read_only, origin)
+                    .await?
+            };
+            placed.push((reference, source, here));
+        }
+
+        let before = self.store.snapshot(&session.id).await?;
+        let workspace = self.store.workspace_path(&session.id);
+        let timeout = req
+            .timeout
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(self.settings.execution_timeout));
+        let run_id = new_id();
+        let (run_tx, mut run_rx) = mpsc::channel::<RunEvent>(64);
+        let run_req = RunRequest {
+            language: req.language,
+            code: &req.code,
+            args: &req.args,
+            workspace: &workspace,
+            limits: self.limits(),
+            timeout,
+            max_output_bytes: self.settings.max_output_bytes,
+            disk_quota: self.settings.session_disk_quota_bytes(),
+            run_id: &run_id,
+        };
+
+        let mut stdout = Utf8Decoder::default();
+        let mut stderr = Utf8Decoder::default();
+        let (mut out_text, mut err_text) = (String::new(), String::new());
+        let forward = async {
+            while let Some(ev) = run_rx.recv().await {
+                let event = match ev {
+                    RunEvent::Stdout(b) => {
+                        let chunk = stdout.push(&b);
+                        out_text.push_str(&chunk);
+                        ExecEvent::Stdout(chunk)
+                    }
+                    RunEvent::Stderr(b) => {
+                        let chunk = stderr.push(&b);
+                        err_text.push_str(&chunk);
+                        ExecEvent::Stderr(chunk)
+                    }
+                };
+                if !matches!(&event, ExecEvent::Stdout(c) | ExecEvent::Stderr(c) if c.is_empty()) {
+                    let _ = tx.send(event).await;
+                }
+            }
+        };
+        let (outcome, ()) = tokio::join!(self.process.run(run_req, run_tx), forward);
+        let mut outcome = outcome?;
+        for (decoder, text, wrap) in [
+            (
+                &mut stdout,
+                &mut out_text,
+                ExecEvent::Stdout as fn(String) -> ExecEvent,
+            ),
+            (&mut stderr, &mut err_text, ExecEvent::Stderr),
+        ] {
+            let rest = decoder.finish();
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                let _ = tx.send(wrap(rest)).await;
+            }
+        }
+
+        // The model only sees stdout and stderr: say why a run was stopped there too.
+        if let Some(message) = &outcome.message
+            && matches!(outcome.status, RunStatus::Timeout | RunStatus::Killed)
+        {
+            let line = format!(
+                "{}[sandbox] {message}\n",
+                if err_text.is_empty() || err_text.ends_with('\n') {
+                    ""
+                } else {
+                    "\n"
+                }
+            );
+            err_text.push_str(&line);
+            let _ = tx.send(ExecEvent::Stderr(line)).await;
+        }
+
+        let after = self.store.snapshot(&session.id).await?;
+        let (files, deleted_files, truncated_files) = self
+            .collect_files(&session.id, &before, &after, placed)
+            .await?;
+        if let Some((limit, total)) = truncated_files {
+            let note = format!(
+                "The run made {total} files; only the first {limit} are listed (MAX_OUTPUT_FILES)."
+            );
+            outcome.message = Some(match outcome.message.take() {
+                Some(m) => format!("{m} {note}"),
+                None => note,
+            });
+        }
+        Ok(ExecResult {
+            session_id: session.id,
+            language: req.language,
+            version,
+            stdout: out_text,
+            stderr: err_text,
+            outcome,
+            files,
+            deleted_files,
+            truncated_files,
+        })
+    }
+
+    /// Files the run created or changed, inputs echoed back, inputs it deleted.
+    async fn collect_files(
+        &self,
+        session_id: &str,
+        before: &Snapshot,
+        after: &Snapshot,
+        placed: Vec<(FileRef, FileMeta, FileMeta)>,
+    ) -> Result<(Vec<OutputFile>, Vec<String>, Option<(usize, usize)>), ExecError> {
+        let changed: Vec<FileName> = after
+            .iter()
+            .filter(|(name, stamp)| before.get(*name) != Some(*stamp))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let removed: Vec<FileName> = before
+            .keys()
+            .filter(|name| !after.contains_key(*name))
+            .cloned()
+            .collect();
+        let recorded = self
+            .store
+            .record_changes(session_id, changed, removed.clone())
+            .await?;
+
+        let limit = self.settings.max_output_files as usize;
+        let mut files = Vec::new();
+        let mut by_name: HashMap<FileName, FileMeta> =
+            recorded.into_iter().map(|m| (m.name.clone(), m)).collect();
+        let mut deleted_files = Vec::new();
+        for (reference, source, here) in placed {
+            if removed.contains(&here.name) {
+                deleted_files.push(here.name.to_string());
+                continue;
+            }
+            let echo = OutputFile {
+                meta: source.clone(),
+                reference: Some(reference.clone()),
+                inherited: true,
+                modified_from: None,
+            };
+            match by_name.remove(&here.name) {
+                // Read-only inputs are never reported as changed, whatever the run did.
+                Some(_) if source.read_only => files.push(echo),
+                Some(new) => files.push(OutputFile {
+                    meta: new,
+                    reference: Some(reference),
+                    inherited: false,
+                    modified_from: Some((source.id.clone(), source.session_id.clone())),
+                }),
+                None => files.push(echo),
+            }
+        }
+        let mut created: Vec<FileMeta> = by_name.into_values().collect();
+        created.sort_by(|a, b| a.name.cmp(&b.name));
+        let total = created.len();
+        let truncated = (total > limit).then_some((limit, total));
+        files.extend(created.into_iter().take(limit).map(|meta| OutputFile {
+            meta,
+            reference: None,
+            inherited: false,
+            modified_from: None,
+        }));
+        Ok((files, deleted_files, truncated))
+    }
+}
+
+/// Fold a run's events into its result (what `/exec` answers).
+pub async fn finish(mut events: mpsc::Receiver<ExecEvent>) -> Option<ExecResult> {
+    while let Some(ev) = events.recv().await {
+        if let ExecEvent::Done(result) = ev {
+            return Some(*result);
+        }
+    }
+    None
+}

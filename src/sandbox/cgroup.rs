@@ -1,0 +1,221 @@
+//! Per-run control groups: memory and process limits, peak memory, CPU time, and killing a
+//! whole process tree.
+//!
+//! This machine (and many hosts) mount cgroup v1 controllers, with a v2 hierarchy that has
+//! no controllers; the v1 files are what works. Each run gets its own group below the
+//! server's own group in each controller (`…/<our path>/code-interpreter/<run>`), so limits
+//! nest inside whatever the host set for the server. Without a writable hierarchy the
+//! sandbox falls back to rlimits and says so in `doctor` and `/health`.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const GROUP_NAME: &str = "code-interpreter";
+
+/// The v1 controllers we use and where the server's own group sits in each.
+#[derive(Debug, Clone)]
+pub struct CgroupV1 {
+    memory: PathBuf,
+    pids: PathBuf,
+    cpuacct: Option<PathBuf>,
+}
+
+/// Which limits a run has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupLimits {
+    pub memory_bytes: Option<u64>,
+    pub processes: Option<u64>,
+}
+
+fn own_path(controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_owned())
+    })
+}
+
+fn parent_for(controller: &str, mount: &str) -> Option<PathBuf> {
+    let path = own_path(controller)?;
+    let dir = Path::new(CGROUP_ROOT)
+        .join(mount)
+        .join(path.trim_start_matches('/'))
+        .join(GROUP_NAME);
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+impl CgroupV1 {
+    /// Set up our parent groups, or `None` when the v1 memory and pids controllers are not
+    /// writable here. Groups left by an earlier crash are emptied and removed.
+    pub fn detect() -> Option<Self> {
+        let memory = parent_for("memory", "memory")?;
+        let pids = parent_for("pids", "pids")?;
+        let cpuacct = parent_for("cpuacct", "cpuacct");
+        let v1 = CgroupV1 {
+            memory,
+            pids,
+            cpuacct,
+        };
+        v1.remove_stale();
+        Some(v1)
+    }
+
+    fn parents(&self) -> impl Iterator<Item = &PathBuf> {
+        [Some(&self.memory), Some(&self.pids), self.cpuacct.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+
+    fn remove_stale(&self) {
+        for parent in self.parents() {
+            let Ok(entries) = std::fs::read_dir(parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.path().is_dir() {
+                    kill_members(&entry.path());
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+    }
+
+    /// A fresh group for one run, with its limits written.
+    pub fn create_run(&self, name: &str, limits: GroupLimits) -> io::Result<RunCgroup> {
+        let memory = self.memory.join(name);
+        let pids = self.pids.join(name);
+        let cpuacct = self.cpuacct.as_ref().map(|p| p.join(name));
+        let group = RunCgroup {
+            memory,
+            pids,
+            cpuacct,
+        };
+        for dir in group.dirs() {
+            std::fs::create_dir(dir)?;
+        }
+        if let Some(bytes) = limits.memory_bytes {
+            std::fs::write(
+                group.memory.join("memory.limit_in_bytes"),
+                bytes.to_string(),
+            )?;
+            // Without swap this changes nothing; with swap it stops the limit leaking into it.
+            let _ = std::fs::write(
+                group.memory.join("memory.memsw.limit_in_bytes"),
+                bytes.to_string(),
+            );
+        }
+        if let Some(n) = limits.processes {
+            std::fs::write(group.pids.join("pids.max"), n.to_string())?;
+        }
+        Ok(group)
+    }
+}
+
+/// One run's groups. Dropping it kills whatever is left inside and removes the groups.
+#[derive(Debug)]
+pub struct RunCgroup {
+    memory: PathBuf,
+    pids: PathBuf,
+    cpuacct: Option<PathBuf>,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value after `key` in a flat keyed file such as `memory.oom_control`.
+fn read_keyed(path: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let (k, v) = line.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+}
+
+fn kill_members(dir: &Path) {
+    // A process may fork while we read the list: repeat until the group is empty.
+    for _ in 0..50 {
+        let Ok(list) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            return;
+        };
+        let pids: Vec<i32> = list.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+impl RunCgroup {
+    fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        [Some(&self.memory), Some(&self.pids), self.cpuacct.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+
+    /// The `cgroup.procs` files a child writes `0` into (itself) before it execs, so
+    /// everything it starts is accounted from the first instruction.
+    pub fn procs_files(&self) -> Vec<CString> {
+        self.dirs()
+            .filter_map(|d| {
+                CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok()
+            })
+            .collect()
+    }
+
+    pub fn peak_memory(&self) -> Option<u64> {
+        read_u64(&self.memory.join("memory.max_usage_in_bytes"))
+    }
+
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let dir = self.cpuacct.as_ref()?;
+        read_u64(&dir.join("cpuacct.usage")).map(Duration::from_nanos)
+    }
+
+    /// Whether the kernel killed something here for exceeding the memory limit.
+    pub fn oom_killed(&self) -> bool {
+        read_keyed(&self.memory.join("memory.oom_control"), "oom_kill").is_some_and(|n| n > 0)
+    }
+
+    /// Whether a fork was refused because the process limit was reached.
+    pub fn hit_process_limit(&self) -> bool {
+        read_keyed(&self.pids.join("pids.events"), "max").is_some_and(|n| n > 0)
+    }
+
+    pub fn kill_all(&self) {
+        kill_members(&self.pids);
+        kill_members(&self.memory);
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        for dir in self.dirs() {
+            // The last process may still be exiting; rmdir fails with EBUSY until it is gone.
+            for _ in 0..100 {
+                match std::fs::remove_dir(dir) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
