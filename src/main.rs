@@ -92,6 +92,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         state_dir: data_dir.join("sandbox"),
     })
     .context("the sandbox cannot be set up (SANDBOX)")?;
+    sandbox
+        .check_reachable(&data_dir)
+        .map_err(|e| anyhow::anyhow!("DATA_DIR: {e}"))?;
     let sandbox = Arc::new(sandbox);
     let store = store::LocalStore::open(
         &data_dir,

@@ -607,6 +607,11 @@ async fn twenty_parallel_uploads_into_one_session_are_all_listed() {
 #[tokio::test]
 async fn a_restart_keeps_sessions_files_and_ids() {
     let temp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        temp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let data = temp.path().join("data");
     let mut first = TestServer::start_in(&data, &[]).await;
     let (status, body) = first

@@ -40,7 +40,7 @@ pub struct ProcessRuntime {
     cache_dir: PathBuf,
     runs_dir: PathBuf,
     bash_strict: bool,
-    versions: std::sync::Mutex<HashMap<Language, Option<String>>>,
+    versions: std::sync::Mutex<HashMap<Language, String>>,
     libraries: std::sync::Mutex<HashMap<Language, Vec<(String, String)>>>,
 }
 
@@ -166,8 +166,14 @@ impl ProcessRuntime {
         env
     }
 
-    fn runtime_mount(&self) -> Mount {
-        Mount::read_only(&self.runtime_dir, &self.runtime_dir)
+    /// `RUNTIME_DIR`, read-only at the same path, when it exists (languages that do not
+    /// need it keep working without it).
+    fn runtime_mounts(&self) -> Vec<Mount> {
+        if self.runtime_dir.is_dir() {
+            vec![Mount::read_only(&self.runtime_dir, &self.runtime_dir)]
+        } else {
+            Vec::new()
+        }
     }
 
     /// The command that prints a language's version, run inside the sandbox.
@@ -198,7 +204,7 @@ impl ProcessRuntime {
             argv,
             env: self.env(language),
             workspace: None,
-            mounts: vec![self.runtime_mount()],
+            mounts: self.runtime_mounts(),
             limits: Limits::default(),
         };
         let proc = match self.sandbox.spawn(&job, &crate::session::new_id()) {
@@ -219,17 +225,20 @@ impl ProcessRuntime {
     /// The runtime's real version (asked once, in the sandbox), or `Unavailable`.
     pub async fn version(&self, language: Language) -> Result<String, RuntimeError> {
         if let Some(known) = self.lock_versions().get(&language) {
-            return known.clone().ok_or(RuntimeError::Unavailable(language));
+            return Ok(known.clone());
         }
         let found = self
             .probe(language, self.version_probe(language))
             .await
             .map(|t| clean_version(&t));
-        self.lock_versions().insert(language, found.clone());
+        // Only a found version is remembered: a runtime installed later is picked up.
+        if let Some(v) = &found {
+            self.lock_versions().insert(language, v.clone());
+        }
         found.ok_or(RuntimeError::Unavailable(language))
     }
 
-    fn lock_versions(&self) -> std::sync::MutexGuard<'_, HashMap<Language, Option<String>>> {
+    fn lock_versions(&self) -> std::sync::MutexGuard<'_, HashMap<Language, String>> {
         self.versions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -238,7 +247,7 @@ impl ProcessRuntime {
         let mut v: Vec<_> = self
             .lock_versions()
             .iter()
-            .filter_map(|(l, v)| v.clone().map(|v| (*l, v)))
+            .map(|(l, v)| (*l, v.clone()))
             .collect();
         v.sort();
         v
@@ -485,10 +494,8 @@ impl ProcessRuntime {
         let plan = self.plan(req.language, req.code);
         let source_dir = self.write_source(&plan)?;
         let env = self.env(req.language);
-        let mut mounts = vec![
-            self.runtime_mount(),
-            Mount::read_only(source_dir.path(), CODE_DIR),
-        ];
+        let mut mounts = self.runtime_mounts();
+        mounts.push(Mount::read_only(source_dir.path(), CODE_DIR));
 
         let mut argv = plan.run.clone();
         if let Some(compile) = &plan.compile {
@@ -554,11 +561,9 @@ impl ProcessRuntime {
         if let Some((uid, gid)) = self.sandbox.user() {
             std::os::unix::fs::chown(out.path(), Some(uid), Some(gid))?;
         }
-        let mut mounts = vec![
-            self.runtime_mount(),
-            Mount::read_only(source_dir, CODE_DIR),
-            Mount::writable(out.path(), OUT_DIR),
-        ];
+        let mut mounts = self.runtime_mounts();
+        mounts.push(Mount::read_only(source_dir, CODE_DIR));
+        mounts.push(Mount::writable(out.path(), OUT_DIR));
         if req.language == Language::Go {
             mounts.push(Mount::writable(self.cache_dir.join("go-build"), GO_CACHE));
         }

@@ -42,12 +42,15 @@ fn own_path(controller: &str) -> Option<String> {
     })
 }
 
+/// `…/<our group>/code-interpreter/<server pid>`: one subtree per server process, so
+/// several servers on one host (or a test suite) never touch each other's runs.
 fn parent_for(controller: &str, mount: &str) -> Option<PathBuf> {
     let path = own_path(controller)?;
-    let dir = Path::new(CGROUP_ROOT)
+    let base = Path::new(CGROUP_ROOT)
         .join(mount)
         .join(path.trim_start_matches('/'))
         .join(GROUP_NAME);
+    let dir = base.join(std::process::id().to_string());
     std::fs::create_dir_all(&dir).ok()?;
     Some(dir)
 }
@@ -74,15 +77,26 @@ impl CgroupV1 {
             .flatten()
     }
 
+    /// Empty and remove what servers that no longer run left behind (and our own leftovers
+    /// from a reused pid).
     fn remove_stale(&self) {
+        let me = std::process::id().to_string();
         for parent in self.parents() {
-            let Ok(entries) = std::fs::read_dir(parent) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.path().is_dir() {
-                    kill_members(&entry.path());
-                    let _ = std::fs::remove_dir(entry.path());
+            let Some(base) = parent.parent() else { continue };
+            let Ok(servers) = std::fs::read_dir(base) else { continue };
+            for server in servers.flatten().filter(|e| e.path().is_dir()) {
+                let name = server.file_name().to_string_lossy().into_owned();
+                let alive = name != me && Path::new("/proc").join(&name).exists();
+                if alive {
+                    continue;
+                }
+                let Ok(runs) = std::fs::read_dir(server.path()) else { continue };
+                for run in runs.flatten().filter(|e| e.path().is_dir()) {
+                    kill_members(&run.path());
+                    let _ = std::fs::remove_dir(run.path());
+                }
+                if name != me {
+                    let _ = std::fs::remove_dir(server.path());
                 }
             }
         }

@@ -169,6 +169,27 @@ impl Sandbox {
         })
     }
 
+    /// Fail early, with the fix, when the sandbox user cannot reach `dir` by path (bwrap
+    /// runs as that user and binds the workspace from there).
+    pub fn check_reachable(&self, dir: &Path) -> Result<(), String> {
+        if self.user.is_none() {
+            return Ok(());
+        }
+        for ancestor in dir.ancestors().skip(1) {
+            let Ok(meta) = std::fs::metadata(ancestor) else {
+                continue;
+            };
+            if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o001 == 0 {
+                return Err(format!(
+                    "{} is not searchable by the sandbox user (uid {SANDBOX_ID}); run `chmod o+x {}` or choose another DATA_DIR",
+                    ancestor.display(),
+                    ancestor.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The uid and gid user code runs as on the host, when the server drops to one.
     pub fn user(&self) -> Option<(u32, u32)> {
         self.user

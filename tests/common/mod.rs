@@ -31,6 +31,12 @@ impl TestServer {
     /// A server with two tenants (KEY_A, KEY_B) and the given extra settings.
     pub async fn start(env: &[(&str, &str)]) -> Self {
         let temp = tempfile::tempdir().unwrap();
+        // bwrap runs as the sandbox user and must reach the workspaces by path.
+        std::fs::set_permissions(
+            temp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let data_dir = temp.path().join("data");
         let mut server = Self::start_in(&data_dir, env).await;
         server._temp = Some(temp);
@@ -159,6 +165,24 @@ impl Drop for TestServer {
 }
 
 /// Peak resident memory of a process in bytes (VmHWM).
+/// POST /exec with a JSON body; returns status and JSON.
+pub async fn exec(
+    server: &TestServer,
+    key: &str,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let resp = server
+        .client
+        .post(server.url("/v1/exec"))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 pub fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
