@@ -575,7 +575,10 @@ async fn health_and_libraries_list_the_real_runtimes() {
             .json()
             .await
             .unwrap();
-        if health["runtimes"].as_object().is_some_and(|r| r.len() >= 10) {
+        if health["runtimes"]
+            .as_object()
+            .is_some_and(|r| r.len() >= 10)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

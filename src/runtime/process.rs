@@ -798,6 +798,15 @@ async fn pump(
             sent += take as u64;
         }
         if n > room {
+            // Say where the output was cut, in the stream itself.
+            let marker = format!("\n[output cut: more than {cap} bytes on {stream}]\n");
+            let bytes = Bytes::from(marker);
+            let event = if stream == "stdout" {
+                RunEvent::Stdout(bytes)
+            } else {
+                RunEvent::Stderr(bytes)
+            };
+            let _ = events.send(event).await;
             let _ = overflow.send(stream).await;
             return;
         }

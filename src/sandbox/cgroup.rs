@@ -82,15 +82,21 @@ impl CgroupV1 {
     fn remove_stale(&self) {
         let me = std::process::id().to_string();
         for parent in self.parents() {
-            let Some(base) = parent.parent() else { continue };
-            let Ok(servers) = std::fs::read_dir(base) else { continue };
+            let Some(base) = parent.parent() else {
+                continue;
+            };
+            let Ok(servers) = std::fs::read_dir(base) else {
+                continue;
+            };
             for server in servers.flatten().filter(|e| e.path().is_dir()) {
                 let name = server.file_name().to_string_lossy().into_owned();
                 let alive = name != me && Path::new("/proc").join(&name).exists();
                 if alive {
                     continue;
                 }
-                let Ok(runs) = std::fs::read_dir(server.path()) else { continue };
+                let Ok(runs) = std::fs::read_dir(server.path()) else {
+                    continue;
+                };
                 for run in runs.flatten().filter(|e| e.path().is_dir()) {
                     kill_members(&run.path());
                     let _ = std::fs::remove_dir(run.path());
