@@ -224,6 +224,35 @@ pub struct Settings {
     #[arg(long, env = "BASH_STRICT_MODE", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
     pub bash_strict_mode: bool,
 
+    /// Python kernels started ahead, with `PYTHON_PRELOAD` imported, for new sessions.
+    #[arg(long, env = "KERNEL_POOL_SIZE", default_value_t = 2, global = true)]
+    pub kernel_pool_size: usize,
+
+    /// Modules the pooled kernels import ahead (comma-separated); empty for none.
+    #[arg(
+        long,
+        env = "PYTHON_PRELOAD",
+        default_value = "numpy,pandas,matplotlib.pyplot",
+        global = true
+    )]
+    pub python_preload: String,
+
+    /// Live Python kernels at most; past it the least recently used idle one is shut down.
+    #[arg(long, env = "MAX_SESSIONS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_sessions: u64,
+
+    /// Idle time after which a session's kernel is shut down (its files stay).
+    #[arg(long, env = "KERNEL_IDLE_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub kernel_idle_seconds: u64,
+
+    /// How long a Python call waits for a kernel slot when all are busy, before a 429.
+    #[arg(long, env = "QUEUE_WAIT_SECONDS", default_value_t = 30, global = true)]
+    pub queue_wait_seconds: u64,
+
+    /// Add a one-line hint to `ModuleNotFoundError` saying whether installs are possible.
+    #[arg(long, env = "PIP_INSTALL_HINTS", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
+    pub pip_install_hints: bool,
+
     /// Runs executing at once across all sessions (default: 4 per core); more wait their turn.
     #[arg(long, env = "MAX_CONCURRENT_RUNS", value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_concurrent_runs: Option<u64>,
@@ -237,6 +266,18 @@ impl Settings {
             .chain(self.api_keys.iter())
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    pub fn kernel_memory_bytes(&self) -> Option<u64> {
+        (self.max_memory_mb > 0).then(|| self.max_memory_mb * MIB)
+    }
+
+    pub fn preload_modules(&self) -> Vec<String> {
+        self.python_preload
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
             .collect()
     }
 

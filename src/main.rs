@@ -24,7 +24,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 fn init_logging(settings: &Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&settings.log_level).with_context(|| {
+    // zeromq logs every peer reconnect at info: quiet unless asked for by name.
+    let directives = if settings.log_level.contains('=') {
+        settings.log_level.clone()
+    } else {
+        format!("{},zeromq=warn", settings.log_level)
+    };
+    let filter = EnvFilter::try_new(&directives).with_context(|| {
         format!(
             "LOG_LEVEL '{}' is not a valid level or filter",
             settings.log_level
@@ -115,17 +121,43 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.bash_strict_mode,
     )
     .context("the runtime cache under DATA_DIR cannot be set up")?;
+    let process = Arc::new(process);
+    let python = runtime::python::PythonRuntime::new(
+        Arc::clone(&sandbox),
+        Arc::clone(&process),
+        &data_dir,
+        runtime::python::PythonSettings {
+            pool_size: settings.kernel_pool_size,
+            max_kernels: settings.max_sessions as usize,
+            idle_shutdown: Duration::from_secs(settings.kernel_idle_seconds),
+            preload: settings.preload_modules(),
+            limits: sandbox::Limits {
+                memory_bytes: settings.kernel_memory_bytes(),
+                processes: (settings.max_processes > 0).then_some(settings.max_processes),
+                cpu_seconds: None,
+                file_size_bytes: settings.session_disk_quota_bytes(),
+            },
+            queue_wait: Duration::from_secs(settings.queue_wait_seconds),
+            max_output_bytes: settings.max_output_bytes,
+        },
+    )
+    .context("the Python kernel directories cannot be set up")?;
+    python.spawn_idle_reaper();
+    python.refill();
     let exec = Arc::new(exec::ExecService::new(
         Arc::clone(&store),
         process,
+        python,
         Arc::clone(&settings),
     ));
     // Ask every runtime for its version now, so /health lists them and first runs are quick.
     let warm = Arc::clone(&exec);
     tokio::spawn(async move { warm.runtimes().warm_up().await });
+    let kernels = Arc::clone(exec.python());
     session::spawn_expiry(
         Arc::clone(&store),
         Duration::from_secs(settings.session_ttl_seconds),
+        move |sid| kernels.forget(sid),
     );
 
     let keys = settings.all_api_keys();

@@ -57,7 +57,11 @@ pub fn is_valid_entity_id(value: &str) -> bool {
 
 /// Delete sessions idle for longer than `ttl`, checking often enough that a session never
 /// outlives its TTL by more than a quarter of it (and at least once a minute).
-pub fn spawn_expiry(store: Arc<dyn Store>, ttl: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_expiry(
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    on_expired: impl Fn(&str) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -66,7 +70,8 @@ pub fn spawn_expiry(store: Arc<dyn Store>, ttl: Duration) -> tokio::task::JoinHa
             tick.tick().await;
             match store.expire_idle_sessions(ttl).await {
                 Ok(gone) if !gone.is_empty() => {
-                    tracing::info!(count = gone.len(), "expired idle sessions")
+                    tracing::info!(count = gone.len(), "expired idle sessions");
+                    gone.iter().for_each(|id| on_expired(id));
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "session expiry failed"),

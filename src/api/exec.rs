@@ -9,13 +9,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::wire::download_path;
-use crate::exec::{ExecError, ExecRequest, ExecResult, FileRef, OutputFile};
+use crate::exec::{ExecError, ExecEvent, ExecRequest, ExecResult, FileRef, OutputFile};
 use crate::runtime::{self, Language};
 use crate::session::{SessionOwner, Tenant, is_valid_entity_id};
 
@@ -213,6 +215,11 @@ impl From<ExecError> for ApiError {
                 format!("{e} Run `code-interpreter doctor` on the server to see what is missing."),
             ),
             ExecError::Store(e) => e.into(),
+            ExecError::Busy(s) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("{s}."),
+            ),
             ExecError::Internal(e) => ApiError::internal(e),
         }
     }
@@ -355,6 +362,77 @@ pub fn parse_request(
     })
 }
 
+/// One SSE frame as JSON.
+fn frame(event: &ExecEvent) -> serde_json::Value {
+    use serde_json::json;
+    match event {
+        ExecEvent::Stdout(text) => json!({"type": "stream", "name": "stdout", "text": text}),
+        ExecEvent::Stderr(text) => json!({"type": "stream", "name": "stderr", "text": text}),
+        ExecEvent::Display { data, result, file } => json!({
+            "type": if *result { "result" } else { "display" },
+            "data": data,
+            "file": file.as_ref().map(|f| json!({
+                "id": f.id, "name": f.name.as_str(), "session_id": f.session_id,
+                "storage_session_id": f.session_id, "path": download_path(f),
+            })),
+        }),
+        ExecEvent::Error {
+            ename,
+            evalue,
+            traceback,
+        } => {
+            json!({"type": "error", "ename": ename, "evalue": evalue, "traceback": traceback})
+        }
+        ExecEvent::Done(result) => {
+            let response = ExecResponse::of(result);
+            let mut value = serde_json::to_value(&response).unwrap_or_default();
+            value["type"] = json!("done");
+            value["status"] = json!(response.run.status);
+            value
+        }
+    }
+}
+
+/// The same request as `/exec`, answered as Server-Sent Events while it runs: `session`
+/// first, then `stream`, `display`/`result` and `error` frames, and always a final `done`
+/// carrying the whole `/exec` response. A bad request is a 4xx before any frame.
+#[utoipa::path(
+    post, path = "/exec/stream", tag = "exec",
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "text/event-stream; each frame `data: <json>`", content_type = "text/event-stream"),
+        (status = 400, description = "Unsupported language or bad arguments", body = ErrorBody),
+        (status = 404, description = "An input file is missing", body = ErrorBody),
+        (status = 422, description = "Missing or malformed fields", body = ErrorBody),
+        (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn exec_stream(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>> {
+    let request = parse_request(&state, tenant, &headers, body)?;
+    let (session_id, events) = state.exec.start(request).await?;
+    let first = futures::stream::once(async move {
+        Ok(Event::default()
+            .data(serde_json::json!({"type": "session", "session_id": session_id}).to_string()))
+    });
+    // The run goes on in its own task: a client that leaves does not stop it.
+    let rest = tokio_stream::wrappers::ReceiverStream::new(events)
+        .map(|event| Ok(Event::default().data(frame(&event).to_string())));
+    Ok(Sse::new(first.chain(rest)).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(KEEP_ALIVE_SECONDS))
+            .text("keep-alive"),
+    ))
+}
+
+/// Comments on an idle stream keep proxies from closing it.
+const KEEP_ALIVE_SECONDS: u64 = 10;
+
 /// Run code in a session and wait for the result. A run that started answers 200, also
 /// when the code failed, timed out or was killed (`run.status` says which).
 #[utoipa::path(
@@ -382,4 +460,70 @@ pub async fn exec(
         .await
         .ok_or_else(|| ApiError::internal("the run ended without a result"))?;
     Ok(Json(ExecResponse::of(&result)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KernelAction {
+    pub session_id: String,
+    /// Whether the session had a live kernel to act on.
+    pub applied: bool,
+    pub message: String,
+}
+
+async fn owned(state: &AppState, tenant: &Tenant, sid: &str) -> ApiResult<()> {
+    if !crate::session::is_valid_id(sid) {
+        return Err(ApiError::malformed_id("session id"));
+    }
+    state
+        .store
+        .session(tenant, sid)
+        .await?
+        .map(|_| ())
+        .ok_or_else(ApiError::session_not_found)
+}
+
+/// Interrupt the session's running Python cell (it ends with `KeyboardInterrupt`).
+#[utoipa::path(
+    post, path = "/sessions/{session_id}/interrupt", tag = "sessions",
+    params(("session_id" = String, Path)),
+    responses((status = 200, body = KernelAction), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn interrupt(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    axum::extract::Path(sid): axum::extract::Path<String>,
+) -> ApiResult<Json<KernelAction>> {
+    owned(&state, &tenant, &sid).await?;
+    let applied = state.exec.python().interrupt(&sid).await;
+    Ok(Json(KernelAction {
+        session_id: sid,
+        applied,
+        message: if applied {
+            "Interrupt sent to the session's kernel.".into()
+        } else {
+            "The session has no running Python kernel.".into()
+        },
+    }))
+}
+
+/// Restart the session's Python kernel: variables are lost, files are kept.
+#[utoipa::path(
+    post, path = "/sessions/{session_id}/restart", tag = "sessions",
+    params(("session_id" = String, Path)),
+    responses((status = 200, body = KernelAction), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn restart(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    axum::extract::Path(sid): axum::extract::Path<String>,
+) -> ApiResult<Json<KernelAction>> {
+    owned(&state, &tenant, &sid).await?;
+    let applied = state.exec.python().restart(&sid);
+    Ok(Json(KernelAction {
+        session_id: sid,
+        applied,
+        message: "The next Python call starts a fresh kernel; files in /mnt/data are kept.".into(),
+    }))
 }

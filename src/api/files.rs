@@ -639,6 +639,7 @@ pub async fn delete_session(
     if !state.store.delete_session(&tenant, &sid).await? {
         return Err(ApiError::session_not_found());
     }
+    state.exec.python().forget(&sid);
     Ok(Json(DeletedSession {
         message: "Session deleted successfully".into(),
         session_id: sid,

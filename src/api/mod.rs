@@ -61,6 +61,7 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
     let exec_body_limit = (state.settings.max_code_bytes as usize).saturating_mul(2) + 1024 * 1024;
     let exec = Router::new()
         .route("/exec", post(exec::exec))
+        .route("/exec/stream", post(exec::exec_stream))
         .layer(DefaultBodyLimit::max(exec_body_limit));
     Router::new()
         .merge(uploads)
@@ -69,6 +70,8 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
         .route("/files/{session_id}/{file_id}", delete(files::delete_file))
         .route("/download/{session_id}/{file_id}", get(files::download))
         .route("/sessions/{session_id}", delete(files::delete_session))
+        .route("/sessions/{session_id}/interrupt", post(exec::interrupt))
+        .route("/sessions/{session_id}/restart", post(exec::restart))
         .route(
             "/sessions/{session_id}/objects/{file_id}",
             get(files::object_info).delete(files::delete_file),

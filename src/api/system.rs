@@ -37,6 +37,15 @@ pub struct Health {
     pub sandbox: SandboxInfo,
     /// Available languages and their versions.
     pub runtimes: std::collections::BTreeMap<String, String>,
+    pub kernels: KernelCounts,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KernelCounts {
+    /// Python kernels attached to sessions.
+    pub live: usize,
+    /// Kernels started ahead, waiting for a new session.
+    pub pooled: usize,
 }
 
 /// Liveness and readiness; no key needed.
@@ -81,6 +90,10 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
             .into_iter()
             .map(|(l, v)| (l.name().to_owned(), v))
             .collect(),
+        kernels: KernelCounts {
+            live: state.exec.python().live_kernels(),
+            pooled: state.exec.python().pooled_kernels(),
+        },
     }))
 }
 
@@ -97,6 +110,9 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     metrics::gauge!("code_interpreter_files").set(stats.files as f64);
     metrics::gauge!("code_interpreter_stored_bytes").set(stats.bytes as f64);
     metrics::gauge!("code_interpreter_uptime_seconds").set(state.started.elapsed().as_secs_f64());
+    metrics::gauge!("code_interpreter_kernels_live").set(state.exec.python().live_kernels() as f64);
+    metrics::gauge!("code_interpreter_kernels_pooled")
+        .set(state.exec.python().pooled_kernels() as f64);
     let body = state.metrics.render();
     Ok((
         [(

@@ -14,12 +14,171 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Settings;
 use crate::runtime::process::{ProcessRuntime, RunRequest};
+use crate::runtime::python::{PythonError, PythonRuntime};
 use crate::runtime::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::Limits;
 use crate::session::{SessionOwner, Tenant, is_valid_id, new_id};
 use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
 
 pub use utf8::Utf8Decoder;
+
+/// Image types a rich output may carry, the file extension each is saved with.
+const IMAGE_TYPES: &[(&str, &str)] = &[
+    ("image/png", "png"),
+    ("image/jpeg", "jpg"),
+    ("image/svg+xml", "svg"),
+];
+
+/// Gathers a run's output: decodes text, forwards events, keeps what `/exec` folds, and
+/// saves images from rich outputs into the workspace.
+struct Output<'a> {
+    tx: &'a mpsc::Sender<ExecEvent>,
+    store: &'a dyn Store,
+    session_id: &'a str,
+    taken: std::collections::HashSet<String>,
+    stdout: Utf8Decoder,
+    stderr: Utf8Decoder,
+    out: String,
+    err: String,
+    saved: Vec<FileMeta>,
+    pip_hints: bool,
+    network: bool,
+}
+
+impl<'a> Output<'a> {
+    fn new(
+        tx: &'a mpsc::Sender<ExecEvent>,
+        store: &'a dyn Store,
+        session_id: &'a str,
+        before: &Snapshot,
+        pip_hints: bool,
+        network: bool,
+    ) -> Self {
+        Output {
+            tx,
+            store,
+            session_id,
+            taken: before.keys().map(|n| n.to_string()).collect(),
+            stdout: Utf8Decoder::default(),
+            stderr: Utf8Decoder::default(),
+            out: String::new(),
+            err: String::new(),
+            saved: Vec::new(),
+            pip_hints,
+            network,
+        }
+    }
+
+    async fn text(&mut self, stdout: bool, chunk: String) {
+        if chunk.is_empty() {
+            return;
+        }
+        if stdout {
+            self.out.push_str(&chunk);
+            let _ = self.tx.send(ExecEvent::Stdout(chunk)).await;
+        } else {
+            self.err.push_str(&chunk);
+            let _ = self.tx.send(ExecEvent::Stderr(chunk)).await;
+        }
+    }
+
+    async fn handle(&mut self, ev: RunEvent) {
+        match ev {
+            RunEvent::Stdout(b) => {
+                let chunk = self.stdout.push(&b);
+                self.text(true, chunk).await;
+            }
+            RunEvent::Stderr(b) => {
+                let chunk = self.stderr.push(&b);
+                self.text(false, chunk).await;
+            }
+            RunEvent::Display { data, result } => {
+                let file = self.save_image(&data).await;
+                // A value shows as a notebook shows it; a display without an image too.
+                if (result || file.is_none())
+                    && let Some(text) = data["text/plain"].as_str()
+                {
+                    self.text(true, format!("{text}\n")).await;
+                }
+                let _ = self
+                    .tx
+                    .send(ExecEvent::Display { data, result, file })
+                    .await;
+            }
+            RunEvent::Error {
+                ename,
+                evalue,
+                traceback,
+            } => {
+                let mut text = traceback.join("\n");
+                text.push('\n');
+                if self.pip_hints && ename == "ModuleNotFoundError" {
+                    text.push_str(if self.network {
+                        "[hint] Install missing packages with `%pip install <package>`.\n"
+                    } else {
+                        "[hint] Packages cannot be installed here (no network); GET /libraries?runtime=python lists what is available.\n"
+                    });
+                }
+                self.text(false, text).await;
+                let _ = self
+                    .tx
+                    .send(ExecEvent::Error {
+                        ename,
+                        evalue,
+                        traceback,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Save the first image of a MIME bundle as `figure-<n>.<ext>` (a name not yet used).
+    async fn save_image(&mut self, data: &serde_json::Value) -> Option<FileMeta> {
+        use base64::Engine;
+        let (mime, ext) = IMAGE_TYPES.iter().find(|(m, _)| data.get(*m).is_some())?;
+        let raw = &data[*mime];
+        let text = match raw {
+            serde_json::Value::Array(parts) => {
+                parts.iter().filter_map(|p| p.as_str()).collect::<String>()
+            }
+            other => other.as_str()?.to_owned(),
+        };
+        let bytes = if *mime == "image/svg+xml" {
+            text.into_bytes()
+        } else {
+            let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .ok()?
+        };
+        let name = (1..)
+            .map(|n| format!("figure-{n}.{ext}"))
+            .find(|n| !self.taken.contains(n))?;
+        self.taken.insert(name.clone());
+        let name = FileName::parse(&name).ok()?;
+        match self
+            .store
+            .write_bytes(self.session_id, name, bytes::Bytes::from(bytes))
+            .await
+        {
+            Ok(meta) => {
+                self.saved.push(meta.clone());
+                Some(meta)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not save an image output");
+                None
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        let rest = self.stdout.finish();
+        self.text(true, rest).await;
+        let rest = self.stderr.finish();
+        self.text(false, rest).await;
+    }
+}
 
 /// A file the request wants at `/mnt/data/<name>` (LibreChat 2.x and 3.x shapes).
 #[derive(Debug, Clone)]
@@ -75,6 +234,17 @@ pub struct ExecResult {
 pub enum ExecEvent {
     Stdout(String),
     Stderr(String),
+    /// A rich output; `file` when its image was saved into the workspace.
+    Display {
+        data: serde_json::Value,
+        result: bool,
+        file: Option<FileMeta>,
+    },
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
     Done(Box<ExecResult>),
 }
 
@@ -88,8 +258,19 @@ pub enum ExecError {
     Unavailable(Language),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Busy(String),
     #[error("the run failed to start: {0}")]
     Internal(String),
+}
+
+impl From<PythonError> for ExecError {
+    fn from(err: PythonError) -> Self {
+        match err {
+            PythonError::Runtime(e) => e.into(),
+            e @ PythonError::Busy(_) => ExecError::Busy(e.to_string()),
+        }
+    }
 }
 
 impl From<RuntimeError> for ExecError {
@@ -118,18 +299,25 @@ impl SessionTurns {
 
 pub struct ExecService {
     store: Arc<dyn Store>,
-    process: ProcessRuntime,
+    process: Arc<ProcessRuntime>,
+    python: Arc<PythonRuntime>,
     settings: Arc<Settings>,
     turns: SessionTurns,
     slots: Arc<Semaphore>,
 }
 
 impl ExecService {
-    pub fn new(store: Arc<dyn Store>, process: ProcessRuntime, settings: Arc<Settings>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        process: Arc<ProcessRuntime>,
+        python: Arc<PythonRuntime>,
+        settings: Arc<Settings>,
+    ) -> Self {
         let slots = Arc::new(Semaphore::new(settings.concurrent_runs()));
         ExecService {
             store,
             process,
+            python,
             settings,
             turns: SessionTurns::default(),
             slots,
@@ -139,6 +327,10 @@ impl ExecService {
     /// The runtimes behind this service (versions, libraries).
     pub fn runtimes(&self) -> &ProcessRuntime {
         &self.process
+    }
+
+    pub fn python(&self) -> &Arc<PythonRuntime> {
+        &self.python
     }
 
     /// Check the request, resolve its session and inputs, then start the run. Everything a
@@ -301,44 +493,51 @@ impl ExecService {
             run_id: &run_id,
         };
 
-        let mut stdout = Utf8Decoder::default();
-        let mut stderr = Utf8Decoder::default();
-        let (mut out_text, mut err_text) = (String::new(), String::new());
+        let mut output = Output::new(
+            tx,
+            &*self.store,
+            &session.id,
+            &before,
+            self.settings.pip_install_hints,
+            self.settings.sandbox_network == crate::config::NetworkPolicy::Allow,
+        );
         let forward = async {
             while let Some(ev) = run_rx.recv().await {
-                let event = match ev {
-                    RunEvent::Stdout(b) => {
-                        let chunk = stdout.push(&b);
-                        out_text.push_str(&chunk);
-                        ExecEvent::Stdout(chunk)
-                    }
-                    RunEvent::Stderr(b) => {
-                        let chunk = stderr.push(&b);
-                        err_text.push_str(&chunk);
-                        ExecEvent::Stderr(chunk)
-                    }
-                };
-                if !matches!(&event, ExecEvent::Stdout(c) | ExecEvent::Stderr(c) if c.is_empty()) {
-                    let _ = tx.send(event).await;
-                }
+                output.handle(ev).await;
             }
         };
-        let (outcome, ()) = tokio::join!(self.process.run(run_req, run_tx), forward);
+        let execute = async {
+            let outcome = match req.language {
+                Language::Python => self
+                    .python
+                    .execute(
+                        &session.id,
+                        &workspace,
+                        &req.code,
+                        &req.args,
+                        timeout,
+                        &run_tx,
+                    )
+                    .await
+                    .map_err(ExecError::from),
+                _ => self
+                    .process
+                    .run(run_req, run_tx.clone())
+                    .await
+                    .map_err(ExecError::from),
+            };
+            drop(run_tx);
+            outcome
+        };
+        let (outcome, ()) = tokio::join!(execute, forward);
         let mut outcome = outcome?;
-        for (decoder, text, wrap) in [
-            (
-                &mut stdout,
-                &mut out_text,
-                ExecEvent::Stdout as fn(String) -> ExecEvent,
-            ),
-            (&mut stderr, &mut err_text, ExecEvent::Stderr),
-        ] {
-            let rest = decoder.finish();
-            if !rest.is_empty() {
-                text.push_str(&rest);
-                let _ = tx.send(wrap(rest)).await;
-            }
-        }
+        output.finish().await;
+        let Output {
+            out: out_text,
+            err: mut err_text,
+            saved,
+            ..
+        } = output;
 
         // The model only sees stdout and stderr: say why a run was stopped there too.
         if let Some(message) = &outcome.message
@@ -358,7 +557,7 @@ impl ExecService {
 
         let after = self.store.snapshot(&session.id).await?;
         let (files, deleted_files, truncated_files) = self
-            .collect_files(&session.id, &before, &after, placed)
+            .collect_files(&session.id, &before, &after, placed, saved)
             .await?;
         if let Some((limit, total)) = truncated_files {
             let note = format!(
@@ -389,10 +588,13 @@ impl ExecService {
         before: &Snapshot,
         after: &Snapshot,
         placed: Vec<(FileRef, FileMeta, FileMeta)>,
+        saved: Vec<FileMeta>,
     ) -> Result<(Vec<OutputFile>, Vec<String>, Option<(usize, usize)>), ExecError> {
+        // Images saved from rich outputs are recorded already.
         let changed: Vec<FileName> = after
             .iter()
             .filter(|(name, stamp)| before.get(*name) != Some(*stamp))
+            .filter(|(name, _)| !saved.iter().any(|s| &s.name == *name))
             .map(|(name, _)| name.clone())
             .collect();
         let removed: Vec<FileName> = before
@@ -400,10 +602,11 @@ impl ExecService {
             .filter(|name| !after.contains_key(*name))
             .cloned()
             .collect();
-        let recorded = self
+        let mut recorded = self
             .store
             .record_changes(session_id, changed, removed.clone())
             .await?;
+        recorded.extend(saved);
 
         let limit = self.settings.max_output_files as usize;
         let mut files = Vec::new();

@@ -2,6 +2,7 @@
 //! compiled and cached) inside the sandbox. Knows nothing about HTTP.
 
 pub mod process;
+pub mod python;
 
 use std::fmt;
 use std::time::Duration;
@@ -108,6 +109,17 @@ impl RunStatus {
 pub enum RunEvent {
     Stdout(bytes::Bytes),
     Stderr(bytes::Bytes),
+    /// A rich output (Jupyter MIME bundle): `result` for a cell's value, else a display.
+    Display {
+        data: serde_json::Value,
+        result: bool,
+    },
+    /// An exception, with its traceback as plain lines.
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]

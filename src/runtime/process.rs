@@ -27,6 +27,8 @@ const CODE_DIR: &str = "/code";
 const BUILD_DIR: &str = "/build";
 const OUT_DIR: &str = "/out";
 const GO_CACHE: &str = "/tmp/go-build-cache";
+/// matplotlib's writable config and cache directory, inside the private /tmp.
+const MPL_CONFIG: &str = "/tmp/matplotlib";
 /// How often limits that have no kernel notification (processes, disk) are checked.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// The workspace's size is checked this often (it walks the tree).
@@ -114,11 +116,8 @@ impl ProcessRuntime {
         })
     }
 
-    fn python(&self) -> String {
-        self.runtime_dir
-            .join("python/bin/python")
-            .to_string_lossy()
-            .into_owned()
+    fn python_arg(&self) -> String {
+        self.python().to_string_lossy().into_owned()
     }
 
     fn esbuild(&self) -> String {
@@ -129,7 +128,7 @@ impl ProcessRuntime {
     }
 
     /// The environment user code sees: an allowlist, nothing of the server's.
-    fn env(&self, language: Language) -> Vec<(String, String)> {
+    pub fn env(&self, language: Language) -> Vec<(String, String)> {
         let path = format!(
             "{}/python/bin:/usr/local/go/bin:/usr/local/bin:/usr/bin:/bin",
             self.runtime_dir.display()
@@ -146,7 +145,7 @@ impl ProcessRuntime {
             ("PYTHONDONTWRITEBYTECODE", "1"),
             ("PYTHONUNBUFFERED", "1"),
             ("MPLBACKEND", "Agg"),
-            ("MPLCONFIGDIR", "/tmp/matplotlib"),
+            ("MPLCONFIGDIR", MPL_CONFIG),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -168,12 +167,26 @@ impl ProcessRuntime {
 
     /// `RUNTIME_DIR`, read-only at the same path, when it exists (languages that do not
     /// need it keep working without it).
-    fn runtime_mounts(&self) -> Vec<Mount> {
-        if self.runtime_dir.is_dir() {
-            vec![Mount::read_only(&self.runtime_dir, &self.runtime_dir)]
-        } else {
-            Vec::new()
+    pub fn runtime_mounts(&self) -> Vec<Mount> {
+        if !self.runtime_dir.is_dir() {
+            return Vec::new();
         }
+        let mut mounts = vec![Mount::read_only(&self.runtime_dir, &self.runtime_dir)];
+        // matplotlib's font list, built at bootstrap: without it every fresh sandbox would
+        // rebuild it (seconds) and warn about an unwritable config directory.
+        if let Ok(entries) = std::fs::read_dir(self.runtime_dir.join("mplconfig")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("fontlist-") && name.ends_with(".json") {
+                    mounts.push(Mount::read_only(e.path(), format!("{MPL_CONFIG}/{name}")));
+                }
+            }
+        }
+        mounts
+    }
+
+    pub fn python(&self) -> PathBuf {
+        self.runtime_dir.join("python/bin/python")
     }
 
     /// The command that prints a language's version, run inside the sandbox.
@@ -181,7 +194,7 @@ impl ProcessRuntime {
         let v = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match language {
             Language::Python => vec![
-                self.python(),
+                self.python_arg(),
                 "-c".into(),
                 "import platform; print(platform.python_version())".into(),
             ],
@@ -273,7 +286,7 @@ impl ProcessRuntime {
         let list = match language {
             Language::Python => {
                 let argv = vec![
-                    self.python(),
+                    self.python_arg(),
                     "-c".into(),
                     "import json, importlib.metadata as m; print(json.dumps(sorted({d.metadata['Name']: d.version for d in m.distributions()}.items())))".into(),
                 ];
@@ -339,7 +352,7 @@ impl ProcessRuntime {
                 file_name: "main.py".into(),
                 source: code.into(),
                 compile: None,
-                run: vec![self.python(), file("main.py")],
+                run: vec![self.python_arg(), file("main.py")],
             },
             Language::Bash => Plan {
                 file_name: "main.sh".into(),
@@ -590,6 +603,7 @@ impl ProcessRuntime {
                 while let Some(ev) = rx.recv().await {
                     let bytes = match ev {
                         RunEvent::Stdout(b) | RunEvent::Stderr(b) => b,
+                        _ => continue,
                     };
                     let _ = events.send(RunEvent::Stderr(bytes)).await;
                 }

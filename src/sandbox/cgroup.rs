@@ -202,6 +202,10 @@ impl RunCgroup {
         read_u64(&self.memory.join("memory.max_usage_in_bytes"))
     }
 
+    pub fn reset_peak_memory(&self) {
+        let _ = std::fs::write(self.memory.join("memory.max_usage_in_bytes"), "0");
+    }
+
     pub fn cpu_time(&self) -> Option<Duration> {
         let dir = self.cpuacct.as_ref()?;
         read_u64(&dir.join("cpuacct.usage")).map(Duration::from_nanos)

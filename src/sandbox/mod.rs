@@ -138,6 +138,14 @@ pub struct Sandbox {
 /// A started sandbox. Dropping it kills everything still running in it.
 pub struct Process {
     pub child: tokio::process::Child,
+    pid: Option<u32>,
+    cgroup: Option<RunCgroup>,
+}
+
+/// What stays of a sandbox once its `Child` was handed to a task that waits on it: the
+/// means to measure and to kill it. Dropping it kills everything still running.
+pub struct Handle {
+    pid: Option<u32>,
     cgroup: Option<RunCgroup>,
 }
 
@@ -347,7 +355,8 @@ impl Sandbox {
         }
         let child = cmd.spawn().map_err(SandboxError::Spawn)?;
         drop(seccomp_fds);
-        Ok(Process { child, cgroup })
+        let pid = child.id();
+        Ok(Process { child, pid, cgroup })
     }
 }
 
@@ -359,6 +368,17 @@ impl Process {
             cg.kill_all();
         }
         let _ = self.child.start_kill();
+    }
+
+    /// Separate the child (to wait on it elsewhere) from the means to measure and kill.
+    pub fn into_parts(mut self) -> (tokio::process::Child, Handle) {
+        let handle = Handle {
+            pid: self.pid,
+            cgroup: self.cgroup.take(),
+        };
+        // Dropping `self` now must not kill the child: it moves out whole.
+        let Process { child, .. } = self;
+        (child, handle)
     }
 
     pub fn peak_memory(&self) -> Option<u64> {
@@ -381,6 +401,39 @@ impl Process {
     pub async fn release(mut self) {
         let cgroup = self.cgroup.take();
         let _ = tokio::task::spawn_blocking(move || drop(cgroup)).await;
+    }
+}
+
+impl Handle {
+    pub fn kill_tree(&self) {
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+        if let Some(pid) = self
+            .pid
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    pub fn peak_memory(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(|c| c.peak_memory())
+    }
+
+    /// Start measuring peak memory afresh (per cell of a long-lived kernel).
+    pub fn reset_peak_memory(&self) {
+        if let Some(c) = &self.cgroup {
+            c.reset_peak_memory();
+        }
+    }
+
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.cgroup.as_ref().and_then(|c| c.cpu_time())
+    }
+
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.oom_killed())
     }
 }
 

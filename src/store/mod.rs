@@ -164,6 +164,29 @@ pub trait Store: Send + Sync {
     /// (new id, the old id is gone).
     async fn commit(&self, session_id: &str, files: Vec<NewFile>) -> StoreResult<Vec<FileMeta>>;
 
+    /// Store bytes the server produced (an image from a rich output) as `name` in a session.
+    async fn write_bytes(
+        &self,
+        session_id: &str,
+        name: FileName,
+        bytes: Bytes,
+    ) -> StoreResult<FileMeta> {
+        let body: BodyStream<'_> = Box::pin(futures::stream::once(async move { Ok(bytes) }));
+        let staged = self.stage(body, u64::MAX).await?;
+        let mut metas = self
+            .commit(
+                session_id,
+                vec![NewFile {
+                    name,
+                    staged,
+                    read_only: false,
+                    origin: FileOrigin::default(),
+                }],
+            )
+            .await?;
+        Ok(metas.remove(0))
+    }
+
     /// Open a file's bytes for reading, never following a symlink out of the workspace.
     async fn open(&self, file: &FileMeta) -> StoreResult<tokio::fs::File>;
 

@@ -55,6 +55,8 @@ impl TestServer {
             .env("DATA_DIR", data_dir)
             .env("CODE_INTERPRETER_API_KEYS", format!("{KEY_A},{KEY_B}"))
             .env("LOG_LEVEL", "warn")
+            // Most tests need no warm kernels; the Python tests ask for a pool.
+            .env("KERNEL_POOL_SIZE", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -1,0 +1,591 @@
+//! Stateful Python: one ipykernel per session, inside the session's sandbox.
+//!
+//! - A warm pool of kernels (`KERNEL_POOL_SIZE`) is started ahead on empty workspaces
+//!   with `PYTHON_PRELOAD` imported. A kernel's `/mnt/data` bind is fixed at start, so a
+//!   claim moves the session's files into the pooled directory and renames that directory
+//!   over the session's (the mount follows the inode).
+//! - At most `MAX_SESSIONS` kernels live; past that the least recently used idle one is
+//!   shut down (its files stay). `KERNEL_IDLE_SECONDS` shuts idle kernels down.
+//! - A kernel that died, was restarted or shut down leaves a note: the session's next
+//!   call starts with one stderr line saying its state was lost.
+
+mod kernel;
+mod wire;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::process::ProcessRuntime;
+use super::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
+use crate::sandbox::{Limits, Sandbox};
+use kernel::{CellEnd, Kernel, KernelEvent, KernelSpec};
+
+#[derive(Debug, Clone)]
+pub struct PythonSettings {
+    pub pool_size: usize,
+    pub max_kernels: usize,
+    pub idle_shutdown: Duration,
+    pub preload: Vec<String>,
+    pub limits: Limits,
+    pub queue_wait: Duration,
+    pub max_output_bytes: u64,
+}
+
+struct LiveKernel {
+    kernel: Kernel,
+    last_used: Mutex<Instant>,
+    busy: AtomicBool,
+    argv: Mutex<Vec<String>>,
+}
+
+struct Pooled {
+    kernel: Box<Kernel>,
+    dir: PathBuf,
+}
+
+pub struct PythonRuntime {
+    sandbox: Arc<Sandbox>,
+    process: Arc<ProcessRuntime>,
+    sockets_root: PathBuf,
+    pool_dir: PathBuf,
+    settings: PythonSettings,
+    live: Mutex<HashMap<String, Arc<LiveKernel>>>,
+    pool: Mutex<Vec<Pooled>>,
+    starting: AtomicUsize,
+    lost: Mutex<HashMap<String, &'static str>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PythonError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("all {0} Python kernels are busy; try again shortly")]
+    Busy(usize),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Traceback lines come with terminal colours; clients get plain text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl PythonRuntime {
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        process: Arc<ProcessRuntime>,
+        data_dir: &Path,
+        settings: PythonSettings,
+    ) -> std::io::Result<Arc<Self>> {
+        // ipc socket paths must stay short (107 bytes): a fixed root, not DATA_DIR.
+        let sockets_root = if rustix::process::geteuid().is_root() {
+            PathBuf::from("/run/code-interpreter")
+        } else {
+            std::env::temp_dir().join(format!(
+                "code-interpreter-{}",
+                rustix::process::getuid().as_raw()
+            ))
+        }
+        .join(std::process::id().to_string());
+        std::fs::create_dir_all(&sockets_root)?;
+        std::fs::set_permissions(
+            &sockets_root,
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
+        // Pooled workspaces must be on the same filesystem as the sessions' (a claim renames).
+        let pool_dir = data_dir.join("pool");
+        if pool_dir.exists() {
+            std::fs::remove_dir_all(&pool_dir)?;
+        }
+        std::fs::create_dir_all(&pool_dir)?;
+        std::fs::set_permissions(
+            &pool_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
+        Ok(Arc::new(PythonRuntime {
+            sandbox,
+            process,
+            sockets_root,
+            pool_dir,
+            settings,
+            live: Mutex::default(),
+            pool: Mutex::default(),
+            starting: AtomicUsize::new(0),
+            lost: Mutex::default(),
+        }))
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.process.env(Language::Python);
+        env.retain(|(k, _)| k != "MPLBACKEND");
+        env.push((
+            "MPLBACKEND".into(),
+            "module://matplotlib_inline.backend_inline".into(),
+        ));
+        env.push(("IPYTHONDIR".into(), "/tmp/ipython".into()));
+        env.push(("PYDEVD_DISABLE_FILE_VALIDATION".into(), "1".into()));
+        env
+    }
+
+    async fn launch(&self, workspace: &Path) -> Result<Kernel, RuntimeError> {
+        // Fails with Unavailable when the Python environment is missing.
+        self.process.version(Language::Python).await?;
+        let python = self.process.python();
+        Kernel::launch(
+            &self.sandbox,
+            KernelSpec {
+                python: &python,
+                sockets_root: &self.sockets_root,
+                workspace,
+                env: self.env(),
+                mounts: self.process.runtime_mounts(),
+                limits: self.settings.limits,
+            },
+        )
+        .await
+        .map_err(|e| RuntimeError::Io(std::io::Error::other(e.to_string())))
+    }
+
+    /// Keep the pool full, in the background.
+    pub fn refill(self: &Arc<Self>) {
+        let want = self.settings.pool_size;
+        loop {
+            let have = lock(&self.pool).len() + self.starting.load(Ordering::SeqCst);
+            if have >= want {
+                return;
+            }
+            self.starting.fetch_add(1, Ordering::SeqCst);
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                match this.start_pooled().await {
+                    Ok(p) => lock(&this.pool).push(p),
+                    Err(err) => tracing::warn!(error = %err, "could not start a pooled kernel"),
+                }
+                this.starting.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+
+    async fn start_pooled(&self) -> Result<Pooled, RuntimeError> {
+        let dir = self.pool_dir.join(crate::session::new_id());
+        std::fs::create_dir(&dir)?;
+        if let Some((uid, gid)) = self.sandbox.user() {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        let kernel = match self.launch(&dir).await {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        if !self.settings.preload.is_empty() {
+            let code = format!("import {}", self.settings.preload.join(", "));
+            let (tx, _rx) = mpsc::channel(16);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            // Best effort: a module that fails to import is simply not preloaded.
+            let _ = kernel.execute(&code, true, deadline, &tx).await;
+        }
+        Ok(Pooled {
+            kernel: Box::new(kernel),
+            dir,
+        })
+    }
+
+    /// Move the session's files into a pooled kernel's directory and put that directory
+    /// in the session's place. `Err` gives the kernel back when the swap cannot be made.
+    fn claim(pooled: Pooled, workspace: &Path) -> Result<Box<Kernel>, Pooled> {
+        let moved: Vec<PathBuf> = match std::fs::read_dir(workspace) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(_) => return Err(pooled),
+        };
+        let mut done = Vec::with_capacity(moved.len());
+        for from in &moved {
+            let Some(name) = from.file_name() else {
+                continue;
+            };
+            let to = pooled.dir.join(name);
+            if std::fs::rename(from, &to).is_err() {
+                break;
+            }
+            done.push((from.clone(), to));
+        }
+        if done.len() == moved.len() && std::fs::rename(&pooled.dir, workspace).is_ok() {
+            return Ok(pooled.kernel);
+        }
+        // Something raced us (an upload landed meanwhile): put everything back.
+        for (from, to) in done.into_iter().rev() {
+            let _ = std::fs::rename(&to, &from);
+        }
+        Err(pooled)
+    }
+
+    /// Make room for one more live kernel, waiting up to `QUEUE_WAIT_SECONDS` when every
+    /// kernel is busy.
+    async fn make_room(&self) -> Result<(), PythonError> {
+        let until = Instant::now() + self.settings.queue_wait;
+        loop {
+            {
+                let mut live = lock(&self.live);
+                if live.len() < self.settings.max_kernels {
+                    return Ok(());
+                }
+                let victim = live
+                    .iter()
+                    .filter(|(_, k)| !k.busy.load(Ordering::SeqCst))
+                    .min_by_key(|(_, k)| *lock(&k.last_used))
+                    .map(|(sid, _)| sid.clone());
+                if let Some(sid) = victim {
+                    if let Some(k) = live.remove(&sid) {
+                        k.kernel.shutdown();
+                    }
+                    lock(&self.lost).insert(
+                        sid,
+                        "it was shut down to make room for other sessions (MAX_SESSIONS)",
+                    );
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= until {
+                return Err(PythonError::Busy(self.settings.max_kernels));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn kernel_for(
+        self: &Arc<Self>,
+        session_id: &str,
+        workspace: &Path,
+    ) -> Result<Arc<LiveKernel>, PythonError> {
+        let existing = lock(&self.live).get(session_id).cloned();
+        if let Some(k) = existing {
+            if k.kernel.is_alive() {
+                return Ok(k);
+            }
+            lock(&self.live).remove(session_id);
+            lock(&self.lost)
+                .entry(session_id.to_owned())
+                .or_insert("its kernel stopped");
+        }
+        self.make_room().await?;
+        let mut kernel = None;
+        while kernel.is_none() {
+            let Some(pooled) = lock(&self.pool).pop() else {
+                break;
+            };
+            if !pooled.kernel.is_alive() {
+                let _ = std::fs::remove_dir_all(&pooled.dir);
+                continue;
+            }
+            match Self::claim(pooled, workspace) {
+                Ok(k) => kernel = Some(k),
+                Err(back) => {
+                    lock(&self.pool).push(back);
+                    break;
+                }
+            }
+        }
+        let kernel = match kernel {
+            Some(k) => *k,
+            None => self.launch(workspace).await?,
+        };
+        self.refill();
+        let live = Arc::new(LiveKernel {
+            kernel,
+            last_used: Mutex::new(Instant::now()),
+            busy: AtomicBool::new(false),
+            argv: Mutex::default(),
+        });
+        lock(&self.live).insert(session_id.to_owned(), Arc::clone(&live));
+        Ok(live)
+    }
+
+    /// Run a cell in the session's kernel (started or claimed as needed).
+    pub async fn execute(
+        self: &Arc<Self>,
+        session_id: &str,
+        workspace: &Path,
+        code: &str,
+        args: &[String],
+        timeout: Duration,
+        events: &mpsc::Sender<RunEvent>,
+    ) -> Result<RunOutcome, PythonError> {
+        let started = Instant::now();
+        let live = self.kernel_for(session_id, workspace).await?;
+        live.busy.store(true, Ordering::SeqCst);
+        let _idle_again = scopeguard(&live);
+        let lost_before = lock(&self.lost).remove(session_id);
+        if let Some(reason) = lost_before {
+            let line = format!(
+                "[kernel] The previous Python state of this session was lost: {reason}. Files in /mnt/data are kept; variables and imports must be recreated.\n"
+            );
+            let _ = events.send(RunEvent::Stderr(Bytes::from(line))).await;
+        }
+        let handle = live.kernel.handle();
+        handle.reset_peak_memory();
+        let cpu_before = handle.cpu_time();
+        let deadline = started + timeout;
+
+        // sys.argv[1:] are the request's args (only set when they change).
+        let argv: Vec<String> = std::iter::once("main.py".to_owned())
+            .chain(args.iter().cloned())
+            .collect();
+        if *lock(&live.argv) != argv {
+            let set = format!(
+                "import sys as __ci_sys; __ci_sys.argv = {}; del __ci_sys",
+                serde_json::to_string(&argv).unwrap_or_default()
+            );
+            let (tx, _rx) = mpsc::channel(4);
+            let _ = live.kernel.execute(&set, true, deadline, &tx).await;
+            *lock(&live.argv) = argv;
+        }
+
+        let (ktx, mut krx) = mpsc::channel::<KernelEvent>(64);
+        let cap = self.settings.max_output_bytes;
+        let overflow = Arc::new(AtomicBool::new(false));
+        // `sys.exit(n)` in a cell surfaces as a SystemExit error: n is the exit code.
+        let system_exit = Arc::new(Mutex::new(None::<i32>));
+        let forward = {
+            let events = events.clone();
+            let live = Arc::clone(&live);
+            let overflow = Arc::clone(&overflow);
+            let system_exit = Arc::clone(&system_exit);
+            async move {
+                let mut sent = [0u64; 2];
+                while let Some(ev) = krx.recv().await {
+                    let event = match ev {
+                        KernelEvent::Stream { name, text } => {
+                            let i = usize::from(name == "stderr");
+                            if overflow.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            let room = (cap - sent[i]) as usize;
+                            let mut text = text;
+                            if text.len() > room {
+                                let mut cut = room;
+                                while !text.is_char_boundary(cut) {
+                                    cut -= 1;
+                                }
+                                text.truncate(cut);
+                                text.push_str(&format!(
+                                    "\n[output cut: more than {cap} bytes on {name}]\n"
+                                ));
+                                overflow.store(true, Ordering::SeqCst);
+                                let _ = live.kernel.interrupt().await;
+                            }
+                            sent[i] += text.len() as u64;
+                            let bytes = Bytes::from(text);
+                            if i == 0 {
+                                RunEvent::Stdout(bytes)
+                            } else {
+                                RunEvent::Stderr(bytes)
+                            }
+                        }
+                        KernelEvent::Display { data, result } => RunEvent::Display { data, result },
+                        KernelEvent::Error {
+                            ename,
+                            evalue,
+                            traceback,
+                        } => {
+                            if ename == "SystemExit" {
+                                *lock(&system_exit) = Some(evalue.trim().parse().unwrap_or(1));
+                            }
+                            RunEvent::Error {
+                                ename,
+                                evalue,
+                                traceback: traceback.iter().map(|l| strip_ansi(l)).collect(),
+                            }
+                        }
+                    };
+                    let _ = events.send(event).await;
+                }
+            }
+        };
+        let run = async {
+            let end = live.kernel.execute(code, false, deadline, &ktx).await;
+            drop(ktx);
+            end
+        };
+        let (end, ()) = tokio::join!(run, forward);
+        let end = end.unwrap_or(CellEnd::Died);
+
+        let oom = handle.oom_killed();
+        let secs = timeout.as_secs_f64();
+        let mib = self.settings.limits.memory_bytes.unwrap_or(0) / (1024 * 1024);
+        let (status, message, lost) = match end {
+            _ if overflow.load(Ordering::SeqCst) => (
+                RunStatus::Killed,
+                Some(format!("The cell's output passed the limit of {cap} bytes and it was interrupted.")),
+                None,
+            ),
+            CellEnd::Finished { ok } => (if ok { RunStatus::Success } else { RunStatus::Error }, None, None),
+            CellEnd::Interrupted => (
+                RunStatus::Timeout,
+                Some(format!("The cell exceeded its time limit of {secs:.0} s and was interrupted; the session's state was kept.")),
+                None,
+            ),
+            CellEnd::Killed => (
+                RunStatus::Timeout,
+                Some(format!("The cell exceeded its time limit of {secs:.0} s and did not stop when interrupted, so the kernel was restarted: its state was lost (files are kept).")),
+                Some("the kernel was restarted after a timeout"),
+            ),
+            CellEnd::Died if oom => (
+                RunStatus::Killed,
+                Some(format!("The kernel exceeded the memory limit of {mib} MiB and was killed: its state was lost (files are kept).")),
+                Some("the kernel was killed by the memory limit"),
+            ),
+            CellEnd::Died => (
+                RunStatus::Error,
+                Some("The Python kernel exited during this cell (os._exit, a crash or a signal): its state was lost (files are kept).".to_owned()),
+                Some("the kernel exited"),
+            ),
+        };
+        let cpu_time = match (cpu_before, handle.cpu_time()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let peak_memory = handle.peak_memory();
+        if let Some(reason) = lost {
+            if let Some(k) = lock(&self.live).remove(session_id) {
+                k.kernel.shutdown();
+            }
+            lock(&self.lost).insert(session_id.to_owned(), reason);
+        }
+        let exit_code = match status {
+            RunStatus::Success => Some(0),
+            RunStatus::Error if lost.is_none() => Some(lock(&system_exit).unwrap_or(1)),
+            _ => None,
+        };
+        // `sys.exit(0)` is a clean end, not an error.
+        let status = if exit_code == Some(0) {
+            RunStatus::Success
+        } else {
+            status
+        };
+        Ok(RunOutcome {
+            status,
+            exit_code,
+            signal: None,
+            message,
+            wall_time: started.elapsed(),
+            cpu_time,
+            peak_memory,
+        })
+    }
+
+    /// Interrupt the session's running cell; false when it has no live kernel.
+    pub async fn interrupt(&self, session_id: &str) -> bool {
+        let live = lock(&self.live).get(session_id).cloned();
+        match live {
+            Some(k) => k.kernel.interrupt().await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Shut the session's kernel down; the next call starts a fresh one. Files stay.
+    pub fn restart(&self, session_id: &str) -> bool {
+        let removed = lock(&self.live).remove(session_id);
+        lock(&self.lost).remove(session_id);
+        match removed {
+            Some(k) => {
+                k.kernel.shutdown();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forget a deleted or expired session's kernel.
+    pub fn forget(&self, session_id: &str) {
+        self.restart(session_id);
+    }
+
+    pub fn live_kernels(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    pub fn pooled_kernels(&self) -> usize {
+        lock(&self.pool).len()
+    }
+
+    /// Shut down kernels idle for longer than `KERNEL_IDLE_SECONDS`, now and then.
+    pub fn spawn_idle_reaper(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        let every = (this.settings.idle_shutdown / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let idle: Vec<String> = lock(&this.live)
+                    .iter()
+                    .filter(|(_, k)| {
+                        !k.busy.load(Ordering::SeqCst)
+                            && lock(&k.last_used).elapsed() > this.settings.idle_shutdown
+                    })
+                    .map(|(sid, _)| sid.clone())
+                    .collect();
+                for sid in idle {
+                    if let Some(k) = lock(&this.live).remove(&sid) {
+                        k.kernel.shutdown();
+                    }
+                    lock(&this.lost).insert(
+                        sid,
+                        "its kernel was shut down after being idle (KERNEL_IDLE_SECONDS)",
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// Marks the kernel idle and used-now when a call ends, however it ends.
+struct IdleAgain<'a>(&'a LiveKernel);
+
+fn scopeguard(live: &LiveKernel) -> IdleAgain<'_> {
+    IdleAgain(live)
+}
+
+impl Drop for IdleAgain<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.last_used) = Instant::now();
+        self.0.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_colours_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[0;31mValueError\u{1b}[0m: bad"),
+            "ValueError: bad"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
+}
