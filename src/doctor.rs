@@ -39,6 +39,11 @@ fn checks(settings: &Settings) -> Vec<Check> {
                 .map(|()| "user, mount, pid, ipc, uts, net, cgroup".to_owned()),
         },
         Check {
+            component: "sandbox",
+            required: true,
+            outcome: launch_sandbox(settings),
+        },
+        Check {
             component: "cgroups",
             required: false,
             outcome: if layout.limits_available() {
@@ -96,7 +101,7 @@ fn checks(settings: &Settings) -> Vec<Check> {
         Check {
             component: "rustc",
             required: false,
-            outcome: version_of("rustc", &["--version"]),
+            outcome: version_of("/usr/bin/rustc", &["--version"]),
         },
         Check {
             component: "javac",
@@ -104,6 +109,65 @@ fn checks(settings: &Settings) -> Vec<Check> {
             outcome: version_of("javac", &["-version"]),
         },
     ]
+}
+
+/// Start a real sandbox the way runs do (same launcher, limits and filter) and run `true`.
+fn launch_sandbox(settings: &Settings) -> Result<String, String> {
+    let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::set_permissions(
+        state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(|e| e.to_string())?;
+    let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxOptions {
+        mode: settings.sandbox,
+        network: false,
+        tmp_bytes: 16 * 1024 * 1024,
+        state_dir: state.path().join("sandbox"),
+    })
+    .map_err(|e| e.to_string())?;
+    let job = crate::sandbox::Job {
+        argv: vec!["/bin/true".into()],
+        limits: crate::sandbox::Limits {
+            memory_bytes: Some(64 * 1024 * 1024),
+            processes: Some(16),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let status = runtime.block_on(async {
+        let process = sandbox.spawn(&job, "doctor").map_err(|e| e.to_string())?;
+        let (mut child, handle) = process.into_parts();
+        let status = child.wait().await.map_err(|e| e.to_string());
+        drop(handle);
+        status
+    })?;
+    if !status.success() {
+        return Err(format!("a sandboxed `true` failed ({status})"));
+    }
+    let iso = sandbox.isolation();
+    Ok(format!(
+        "{}{}, cgroup limits {}, seccomp {}, network {}",
+        iso.mode,
+        iso.unprivileged_uid
+            .map(|u| format!(" as uid {u}"))
+            .unwrap_or_default(),
+        if iso.cgroups {
+            "on"
+        } else {
+            "OFF (rlimits only)"
+        },
+        if iso.seccomp { "on" } else { "off" },
+        if settings.sandbox_network == crate::config::NetworkPolicy::Allow {
+            "allowed"
+        } else {
+            "none"
+        },
+    ))
 }
 
 /// Print the table; the exit code is 0 only when every required part is present.
