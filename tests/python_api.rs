@@ -355,3 +355,63 @@ async fn interrupt_and_restart_endpoints_act_on_the_kernel() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn past_max_sessions_the_least_recently_used_kernel_is_evicted_and_says_so() {
+    let server = TestServer::start(&[("MAX_SESSIONS", "1")]).await;
+    let a = py(&server, None, "a = 1").await;
+    let b = py(&server, None, "b = 2").await;
+    assert_ne!(sid(&a), sid(&b));
+    let h: Value = server
+        .client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["kernels"]["live"], 1);
+    let again = py(&server, Some(&sid(&a)), "print('a' in dir())").await;
+    assert_eq!(again["stdout"], "False\n");
+    assert!(
+        again["stderr"].as_str().unwrap().contains("MAX_SESSIONS"),
+        "{again}"
+    );
+}
+
+#[tokio::test]
+async fn idle_kernels_are_shut_down_and_files_stay() {
+    let server = TestServer::start(&[("KERNEL_IDLE_SECONDS", "1")]).await;
+    let first = py(&server, None, "z = 3\nopen('kept.txt', 'w').write('yes')").await;
+    let s = sid(&first);
+    let mut live = Value::Null;
+    for _ in 0..60 {
+        let h: Value = server
+            .client
+            .get(server.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        live = h["kernels"]["live"].clone();
+        if live == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(live, 0);
+    let after = py(
+        &server,
+        Some(&s),
+        "print('z' in dir(), open('kept.txt').read())",
+    )
+    .await;
+    assert_eq!(after["stdout"], "False yes\n");
+    assert!(
+        after["stderr"].as_str().unwrap().contains("idle"),
+        "{after}"
+    );
+}
