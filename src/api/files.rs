@@ -290,20 +290,19 @@ pub async fn upload_batch(
         let outcome = match (FileName::parse(&raw_name), staged) {
             (Err(e), _) => Err(ApiError::bad_request(format!("Invalid file name: {e}."))),
             (_, Err(e)) => Err(ApiError::from(e)),
-            (Ok(name), Ok(staged)) => state
-                .store
-                .commit(
-                    &session.id,
-                    vec![NewFile {
-                        name,
-                        staged,
-                        read_only,
-                        origin: origin.clone(),
-                    }],
-                )
-                .await
-                .map_err(ApiError::from)
-                .map(|mut m| m.remove(0)),
+            (Ok(name), Ok(staged)) => {
+                let file = NewFile {
+                    name,
+                    staged,
+                    read_only,
+                    origin: origin.clone(),
+                };
+                state
+                    .store
+                    .commit_one(&session.id, file)
+                    .await
+                    .map_err(ApiError::from)
+            }
         };
         items.push(match outcome {
             Ok(meta) => BatchItem {

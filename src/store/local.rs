@@ -668,18 +668,13 @@ impl Store for LocalStore {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
         .map_err(StoreError::from_io)?;
-        let mut metas = self
-            .commit(
-                session_id,
-                vec![NewFile {
-                    name,
-                    staged,
-                    read_only,
-                    origin,
-                }],
-            )
-            .await?;
-        Ok(metas.remove(0))
+        let file = NewFile {
+            name,
+            staged,
+            read_only,
+            origin,
+        };
+        self.commit_one(session_id, file).await
     }
 
     fn workspace_path(&self, session_id: &str) -> PathBuf {

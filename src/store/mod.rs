@@ -164,6 +164,12 @@ pub trait Store: Send + Sync {
     /// (new id, the old id is gone).
     async fn commit(&self, session_id: &str, files: Vec<NewFile>) -> StoreResult<Vec<FileMeta>>;
 
+    /// `commit` for a single file.
+    async fn commit_one(&self, session_id: &str, file: NewFile) -> StoreResult<FileMeta> {
+        let mut metas = self.commit(session_id, vec![file]).await?;
+        Ok(metas.remove(0))
+    }
+
     /// Store bytes the server produced (an image from a rich output) as `name` in a session.
     async fn write_bytes(
         &self,
@@ -173,18 +179,13 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<FileMeta> {
         let body: BodyStream<'_> = Box::pin(futures::stream::once(async move { Ok(bytes) }));
         let staged = self.stage(body, u64::MAX).await?;
-        let mut metas = self
-            .commit(
-                session_id,
-                vec![NewFile {
-                    name,
-                    staged,
-                    read_only: false,
-                    origin: FileOrigin::default(),
-                }],
-            )
-            .await?;
-        Ok(metas.remove(0))
+        let file = NewFile {
+            name,
+            staged,
+            read_only: false,
+            origin: FileOrigin::default(),
+        };
+        self.commit_one(session_id, file).await
     }
 
     /// Open a file's bytes for reading, never following a symlink out of the workspace.
