@@ -626,3 +626,22 @@ async fn health_and_libraries_list_the_real_runtimes() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn runs_keep_working_with_many_idle_client_connections_open() {
+    let server = TestServer::start(&[]).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // Idle keep-alive connections take descriptors in the server; launching sandboxes must
+    // not depend on which numbers are free.
+    let idle: Vec<std::net::TcpStream> = (0..160)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        let body = run(&server, "bash", &format!("echo ok-{i}")).await;
+        assert_eq!(body["stdout"], format!("ok-{i}\n"), "{body}");
+    }
+    let py = run(&server, "py", "print('kernel ok')").await;
+    assert_eq!(py["stdout"], "kernel ok\n", "{py}");
+    drop(idle);
+}

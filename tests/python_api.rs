@@ -415,3 +415,63 @@ async fn idle_kernels_are_shut_down_and_files_stay() {
         "{after}"
     );
 }
+
+#[tokio::test]
+async fn busy_kernels_get_a_429_with_retry_after_before_any_run() {
+    let server = TestServer::start(&[("MAX_SESSIONS", "1"), ("QUEUE_WAIT_SECONDS", "0")]).await;
+    let long = py(&server, None, "import time\ntime.sleep(4)");
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        let r = server
+            .client
+            .post(server.url("/v1/exec"))
+            .header("x-api-key", KEY_A)
+            .json(&json!({"lang": "py", "code": "print(1)"}))
+            .send()
+            .await
+            .unwrap();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (r.status(), retry, r.json::<Value>().await.unwrap())
+    };
+    let (first, (status, retry, body)) = tokio::join!(long, second);
+    assert_eq!(first["run"]["status"], "success");
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert!(body["retry_after_seconds"].as_u64().unwrap() > 0);
+    assert!(retry.is_some());
+}
+
+#[tokio::test]
+async fn a_figure_saved_to_a_file_is_not_returned_twice() {
+    let server = TestServer::start(&[]).await;
+    let body = py(
+        &server,
+        None,
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.savefig('/mnt/data/chart.png')",
+    )
+    .await;
+    let names: Vec<&str> = body["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["chart.png"], "{body}");
+    // A figure that is only shown still comes back.
+    let shown = py(
+        &server,
+        Some(&sid(&body)),
+        "plt.figure(); plt.plot([3, 1]); plt.show()",
+    )
+    .await;
+    let names: Vec<&str> = shown["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["figure-1.png"], "{shown}");
+}

@@ -16,6 +16,9 @@ pub struct ErrorBody {
     pub detail: String,
     /// A stable machine-readable code.
     pub error: String,
+    /// With 429: when to try again (LibreChat reads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -23,6 +26,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -31,6 +35,15 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 with a `Retry-After`.
+    pub fn rate_limited(detail: impl Into<String>, retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
         }
     }
 
@@ -129,8 +142,14 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             detail: self.detail,
             error: self.code.to_owned(),
+            retry_after_seconds: self.retry_after,
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -21,6 +21,9 @@ use crate::exec::{ExecError, ExecEvent, ExecRequest, ExecResult, FileRef, Output
 use crate::runtime::{self, Language};
 use crate::session::{SessionOwner, Tenant, is_valid_entity_id};
 
+/// What a 429 for busy kernels suggests as a wait: about one short cell.
+const BUSY_RETRY_SECONDS: u64 = 5;
+
 /// `args`: a list is argv exactly; a string is split as a POSIX shell would.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -215,11 +218,7 @@ impl From<ExecError> for ApiError {
                 format!("{e} Run `code-interpreter doctor` on the server to see what is missing."),
             ),
             ExecError::Store(e) => e.into(),
-            ExecError::Busy(s) => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("{s}."),
-            ),
+            ExecError::Busy(s) => ApiError::rate_limited(format!("{s}."), BUSY_RETRY_SECONDS),
             ExecError::Internal(e) => ApiError::internal(e),
         }
     }

@@ -342,6 +342,9 @@ impl ExecService {
         let version = self.process.version(req.language).await?;
         let inputs = self.resolve_inputs(&req).await?;
         let session = self.resolve_session(&req).await?;
+        if req.language == Language::Python {
+            self.python.check_room(&session.id).await?;
+        }
         let (tx, rx) = mpsc::channel(256);
         let service = Arc::clone(self);
         let session_id = session.id.clone();

@@ -36,8 +36,6 @@ pub const WORKSPACE: &str = "/mnt/data";
 pub const HOME: &str = "/tmp/home";
 /// The unprivileged user a root server runs sandboxes as (`nobody`).
 const SANDBOX_ID: u32 = 65534;
-/// First descriptor number the seccomp filters are handed to bwrap on.
-const SECCOMP_FD_BASE: i32 = 100;
 /// Open files per process.
 const OPEN_FILES: u64 = 4096;
 
@@ -216,7 +214,7 @@ impl Sandbox {
         }
     }
 
-    fn bwrap_args(&self, job: &Job, seccomp_fds: usize) -> Vec<String> {
+    fn bwrap_args(&self, job: &Job, seccomp_fds: &[i32]) -> Vec<String> {
         let mut a: Vec<String> = Vec::with_capacity(96);
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&["--unshare-all", "--unshare-user", "--disable-userns"]);
@@ -289,11 +287,8 @@ impl Sandbox {
         }
         // Nothing outside /tmp, /mnt/data and the writable mounts may be written.
         push(&["--remount-ro", "/"]);
-        for i in 0..seccomp_fds {
-            push(&[
-                "--add-seccomp-fd",
-                &(SECCOMP_FD_BASE + i as i32).to_string(),
-            ]);
+        for fd in seccomp_fds {
+            push(&["--add-seccomp-fd", &fd.to_string()]);
         }
         push(&["--"]);
         a.extend(job.argv.iter().cloned());
@@ -323,7 +318,8 @@ impl Sandbox {
         let mut cmd = match self.options.mode {
             SandboxMode::Bwrap => {
                 let mut c = tokio::process::Command::new("bwrap");
-                c.args(self.bwrap_args(job, seccomp_fds.len()));
+                let fds: Vec<i32> = seccomp_fds.iter().map(|f| f.as_raw_fd()).collect();
+                c.args(self.bwrap_args(job, &fds));
                 c
             }
             SandboxMode::None => {
@@ -527,9 +523,10 @@ impl ChildSetup {
                     return Err(io::Error::last_os_error());
                 }
             }
-            for (i, &fd) in self.seccomp_fds.iter().enumerate() {
-                // dup2 leaves the new descriptor without close-on-exec: bwrap inherits it.
-                if libc::dup2(fd, SECCOMP_FD_BASE + i as i32) < 0 {
+            for &fd in &self.seccomp_fds {
+                // The filter keeps its number; only the child's copy loses close-on-exec,
+                // so bwrap inherits it and no other process ever does.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

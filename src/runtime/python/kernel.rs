@@ -29,6 +29,8 @@ const PORTS: [(&str, u16); 5] = [
     ("hb_port", 5),
 ];
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Run silently in every new kernel (see the file for what and why).
+const STARTUP: &str = include_str!("startup.py");
 /// How long an interrupted cell gets to finish before the kernel is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 
@@ -218,6 +220,11 @@ impl Kernel {
         };
         kernel.readers.push(watcher);
         kernel.wait_ready(started).await?;
+        let (tx, _rx) = mpsc::channel(16);
+        let deadline = Instant::now() + START_TIMEOUT;
+        if kernel.execute(STARTUP, true, deadline, &tx).await? != (CellEnd::Finished { ok: true }) {
+            tracing::warn!("the kernel start-up code failed; saved figures may also be displayed");
+        }
         Ok(kernel)
     }
 

@@ -58,6 +58,8 @@ pub struct PythonRuntime {
     live: Mutex<HashMap<String, Arc<LiveKernel>>>,
     pool: Mutex<Vec<Pooled>>,
     starting: AtomicUsize,
+    /// Kernels being started or claimed for a session: they count against `MAX_SESSIONS`.
+    reserved: AtomicUsize,
     lost: Mutex<HashMap<String, &'static str>>,
 }
 
@@ -133,6 +135,7 @@ impl PythonRuntime {
             live: Mutex::default(),
             pool: Mutex::default(),
             starting: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
             lost: Mutex::default(),
         }))
     }
@@ -242,37 +245,55 @@ impl PythonRuntime {
         Err(pooled)
     }
 
-    /// Make room for one more live kernel, waiting up to `QUEUE_WAIT_SECONDS` when every
-    /// kernel is busy.
-    async fn make_room(&self) -> Result<(), PythonError> {
+    /// Whether one more kernel may live now, evicting the least recently used idle one
+    /// when needed. With `reserve`, the slot is taken (see `Reservation`).
+    fn try_room(&self, reserve: bool) -> bool {
+        let mut live = lock(&self.live);
+        if live.len() + self.reserved.load(Ordering::SeqCst) < self.settings.max_kernels {
+            if reserve {
+                self.reserved.fetch_add(1, Ordering::SeqCst);
+            }
+            return true;
+        }
+        let victim = live
+            .iter()
+            .filter(|(_, k)| !k.busy.load(Ordering::SeqCst))
+            .min_by_key(|(_, k)| *lock(&k.last_used))
+            .map(|(sid, _)| sid.clone());
+        let Some(sid) = victim else { return false };
+        if reserve {
+            if let Some(k) = live.remove(&sid) {
+                k.kernel.shutdown();
+            }
+            lock(&self.lost).insert(
+                sid,
+                "it was shut down to make room for other sessions (MAX_SESSIONS)",
+            );
+            self.reserved.fetch_add(1, Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// Wait up to `QUEUE_WAIT_SECONDS` for room when every kernel is busy.
+    async fn wait_for_room(&self, reserve: bool) -> Result<(), PythonError> {
         let until = Instant::now() + self.settings.queue_wait;
         loop {
-            {
-                let mut live = lock(&self.live);
-                if live.len() < self.settings.max_kernels {
-                    return Ok(());
-                }
-                let victim = live
-                    .iter()
-                    .filter(|(_, k)| !k.busy.load(Ordering::SeqCst))
-                    .min_by_key(|(_, k)| *lock(&k.last_used))
-                    .map(|(sid, _)| sid.clone());
-                if let Some(sid) = victim {
-                    if let Some(k) = live.remove(&sid) {
-                        k.kernel.shutdown();
-                    }
-                    lock(&self.lost).insert(
-                        sid,
-                        "it was shut down to make room for other sessions (MAX_SESSIONS)",
-                    );
-                    return Ok(());
-                }
+            if self.try_room(reserve) {
+                return Ok(());
             }
             if Instant::now() >= until {
                 return Err(PythonError::Busy(self.settings.max_kernels));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Answer "busy" before a call starts (so the client gets a 429, not a failed run).
+    pub async fn check_room(&self, session_id: &str) -> Result<(), PythonError> {
+        if lock(&self.live).contains_key(session_id) {
+            return Ok(());
+        }
+        self.wait_for_room(false).await
     }
 
     async fn kernel_for(
@@ -290,7 +311,8 @@ impl PythonRuntime {
                 .entry(session_id.to_owned())
                 .or_insert("its kernel stopped");
         }
-        self.make_room().await?;
+        self.wait_for_room(true).await?;
+        let _reservation = Reservation(&self.reserved);
         let mut kernel = None;
         while kernel.is_none() {
             let Some(pooled) = lock(&self.pool).pop() else {
@@ -559,6 +581,16 @@ impl PythonRuntime {
                 }
             }
         });
+    }
+}
+
+/// A slot counted against `MAX_SESSIONS` while its kernel starts; given back when dropped
+/// (by then the kernel is in `live`, or failed).
+struct Reservation<'a>(&'a AtomicUsize);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
