@@ -12,6 +12,7 @@ run: bootstrap build
 
 test: bootstrap check-rust
 	cargo test --locked
+	CODE_INTERPRETER_BIN=target/debug/code-interpreter e2e/librechat/run.sh
 
 lint: check-rust
 	cargo fmt --all -- --check
