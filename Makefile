@@ -5,7 +5,9 @@ RUNTIME_DIR ?= /opt/code-interpreter
 export RUNTIME_DIR
 BIN := target/release/code-interpreter
 
-.PHONY: run test lint bootstrap build check-rust
+PYTHON := $(RUNTIME_DIR)/python/bin/python
+
+.PHONY: run test bench lint bootstrap build check-rust
 
 run: bootstrap build
 	./$(BIN) serve
@@ -13,6 +15,12 @@ run: bootstrap build
 test: bootstrap check-rust
 	cargo test --locked
 	CODE_INTERPRETER_BIN=target/debug/code-interpreter e2e/librechat/run.sh
+	# One smoke run of every benchmark scenario, so the harness cannot rot (no timing goals).
+	BENCH_BINARY=target/debug/code-interpreter $(PYTHON) bench/run.py --quick --out target/bench-smoke
+
+# Benchmarks against baselines measured in the same run (QUICK=1: a smoke run).
+bench: bootstrap check-rust
+	$(PYTHON) bench/run.py $(if $(filter 1 true yes,$(QUICK)),--quick)
 
 lint: check-rust
 	cargo fmt --all -- --check

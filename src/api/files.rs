@@ -24,6 +24,9 @@ use crate::store::{FileMeta, FileName, FileOrigin, NewFile, Session, StagedFile,
 
 /// Most files one `/upload/batch` takes (LibreChat's official API uses the same cap).
 const MAX_BATCH_FILES: usize = 200;
+/// Read size for streaming a download: large reads keep throughput near the disk's
+/// (tokio's file reads hop to a blocking thread per read).
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
 /// Text form fields are ids and flags; anything longer is a mistake.
 const MAX_FIELD_BYTES: usize = 1024;
 
@@ -584,7 +587,7 @@ pub async fn download(
             .map_err(ApiError::internal)?;
     }
     response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    let body = Body::from_stream(ReaderStream::new(file.take(len)));
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), DOWNLOAD_CHUNK));
     Ok((status, response_headers, body).into_response())
 }
 
