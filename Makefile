@@ -6,11 +6,18 @@ export RUNTIME_DIR
 BIN := target/release/code-interpreter
 
 PYTHON := $(RUNTIME_DIR)/python/bin/python
+# As root the server runs user code as uid 65534, which must reach DATA_DIR by path:
+# a system directory works wherever the checkout is (a home directory is often 0700).
+ifeq ($(shell id -u),0)
+RUN_DATA_DIR ?= /var/lib/code-interpreter
+else
+RUN_DATA_DIR ?= data
+endif
 
 .PHONY: run test bench lint bootstrap build check-rust
 
 run: bootstrap build
-	./$(BIN) serve
+	DATA_DIR=$${DATA_DIR:-$(RUN_DATA_DIR)} ./$(BIN) serve
 
 test: bootstrap check-rust
 	cargo test --locked
