@@ -21,6 +21,7 @@ run: bootstrap build
 
 test: bootstrap check-rust
 	cargo test --locked
+	tests/mcp/run.sh -q
 	CODE_INTERPRETER_BIN=target/debug/code-interpreter e2e/librechat/run.sh
 	# One smoke run of every benchmark scenario, so the harness cannot rot (no timing goals).
 	BENCH_BINARY=target/debug/code-interpreter $(PYTHON) bench/run.py --quick --out target/bench-smoke

@@ -23,6 +23,8 @@ pub enum Command {
     Serve,
     /// Print what this machine offers (runtimes, sandbox, cgroups); non-zero exit when something required is missing.
     Doctor,
+    /// Speak MCP on stdin/stdout (for Claude Desktop and other local clients); logs go to stderr.
+    Mcp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -256,6 +258,12 @@ pub struct Settings {
     /// Runs executing at once across all sessions (default: 4 per core); more wait their turn.
     #[arg(long, env = "MAX_CONCURRENT_RUNS", value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_concurrent_runs: Option<u64>,
+
+    /// Host names the MCP endpoint (`/mcp`) answers to, comma-separated (`name` or `name:port`),
+    /// or `*` for any. A guard against DNS rebinding; behind a proxy or in compose, add the name
+    /// clients use. Default: localhost, 127.0.0.1, ::1 and `HOST`.
+    #[arg(long, env = "MCP_ALLOWED_HOSTS", value_delimiter = ',', global = true)]
+    pub mcp_allowed_hosts: Vec<String>,
 }
 
 impl Settings {
@@ -294,6 +302,30 @@ impl Settings {
 
     pub fn session_disk_quota_bytes(&self) -> Option<u64> {
         (self.session_disk_quota_mb > 0).then(|| self.session_disk_quota_mb * MIB)
+    }
+
+    /// The `Host` names `/mcp` answers to; `None` when any is allowed (`*`).
+    pub fn mcp_hosts(&self) -> Option<Vec<String>> {
+        let listed: Vec<String> = self
+            .mcp_allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if listed.iter().any(|h| h == "*") {
+            return None;
+        }
+        if !listed.is_empty() {
+            return Some(listed);
+        }
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .map(str::to_owned)
+            .to_vec();
+        let own = self.host.to_string();
+        if !hosts.contains(&own) {
+            hosts.push(own);
+        }
+        Some(hosts)
     }
 }
 
@@ -368,6 +400,29 @@ mod tests {
             assert_eq!(parse_bool(no), Ok(false));
         }
         assert!(parse_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn mcp_hosts_default_to_loopback_and_host_and_a_star_allows_any() {
+        let settings = |args: &[&str]| {
+            let mut argv = vec!["code-interpreter"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap().settings
+        };
+        assert_eq!(
+            settings(&["--host", "10.1.2.3"]).mcp_hosts(),
+            Some(vec![
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+                "10.1.2.3".into()
+            ])
+        );
+        assert_eq!(
+            settings(&["--mcp-allowed-hosts", "ci.example, ci.example:8443"]).mcp_hosts(),
+            Some(vec!["ci.example".into(), "ci.example:8443".into()])
+        );
+        assert_eq!(settings(&["--mcp-allowed-hosts", "*"]).mcp_hosts(), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod api;
 mod config;
 mod doctor;
 mod exec;
+mod mcp;
 mod runtime;
 mod sandbox;
 mod session;
@@ -13,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use config::{Command, LogFormat, Settings};
@@ -24,11 +27,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 fn init_logging(settings: &Settings) -> anyhow::Result<()> {
-    // zeromq logs every peer reconnect at info: quiet unless asked for by name.
+    // zeromq logs every peer reconnect, rmcp every MCP session and notification, at info:
+    // quiet unless asked for by name.
     let directives = if settings.log_level.contains('=') {
         settings.log_level.clone()
     } else {
-        format!("{},zeromq=warn", settings.log_level)
+        format!("{},zeromq=warn,rmcp=warn", settings.log_level)
     };
     let filter = EnvFilter::try_new(&directives).with_context(|| {
         format!(
@@ -48,17 +52,28 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
 
 fn main() {
     let cli = config::parse();
-    let code = match cli.command.unwrap_or(Command::Serve) {
-        Command::Doctor => doctor::run(&cli.settings),
-        Command::Serve => match serve(cli.settings) {
-            Ok(()) => 0,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                1
-            }
-        },
+    let outcome = match cli.command.unwrap_or(Command::Serve) {
+        Command::Doctor => std::process::exit(doctor::run(&cli.settings)),
+        Command::Serve => serve(cli.settings),
+        Command::Mcp => mcp_stdio(cli.settings),
+    };
+    let code = match outcome {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            1
+        }
     };
     std::process::exit(code);
+}
+
+/// What `serve` and `mcp` both run on: the store and the execution service, with the
+/// background tasks that keep them (warm-up, kernel reaping, session expiry).
+struct Core {
+    settings: Arc<Settings>,
+    store: Arc<dyn store::Store>,
+    exec: Arc<exec::ExecService>,
+    sandbox: Arc<sandbox::Sandbox>,
 }
 
 #[tokio::main]
@@ -83,6 +98,100 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
 
+    let Core {
+        settings,
+        store,
+        exec,
+        sandbox,
+    } = start_core(settings).await?;
+
+    let keys = settings.all_api_keys();
+    if keys.is_empty() {
+        tracing::warn!(
+            "no API key set (CODE_INTERPRETER_API_KEY): every route is open to anyone who can reach this port"
+        );
+    }
+    let state = api::AppState {
+        settings: Arc::clone(&settings),
+        store,
+        exec,
+        sandbox: sandbox.isolation(),
+        auth: Arc::new(api::Auth::new(&keys)),
+        started: Instant::now(),
+        metrics,
+        shutdown: CancellationToken::new(),
+    };
+
+    let addr = std::net::SocketAddr::new(settings.host, settings.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
+    // A streamed response (SSE: MCP, /exec/stream) ends with a small write after its last
+    // event; with Nagle's algorithm that write waits for the client's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening");
+    let streams = state.shutdown.clone();
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            streams.cancel();
+        })
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `code-interpreter mcp`: the same service as `serve`, spoken as MCP on stdin/stdout to one
+/// client. Calls run as the local tenant, or as the first API key's tenant when keys are set,
+/// so stdio and HTTP clients with that key share sessions.
+#[tokio::main]
+async fn mcp_stdio(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings)?;
+    let Core {
+        settings,
+        store,
+        exec,
+        ..
+    } = start_core(Arc::new(settings)).await?;
+    let keys = settings.all_api_keys();
+    let tenant = match keys.first() {
+        None => session::Tenant::local(),
+        Some(key) => {
+            let mut headers = axum::http::HeaderMap::new();
+            let value = axum::http::HeaderValue::from_str(key)
+                .context("the first API key is not a valid header value")?;
+            headers.insert("x-api-key", value);
+            api::Auth::new(&keys)
+                .identify(&headers)
+                .context("the first API key does not identify a tenant")?
+        }
+    };
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "serving MCP on stdio");
+    mcp::serve_stdio(
+        mcp::Backend {
+            settings,
+            store,
+            exec,
+        },
+        tenant,
+        stop,
+    )
+    .await
+}
+
+/// Open the store and start the runtimes under `DATA_DIR`, with their background tasks.
+async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("DATA_DIR {} cannot be created", settings.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&settings.data_dir).with_context(|| {
@@ -159,34 +268,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Duration::from_secs(settings.session_ttl_seconds),
         move |sid| kernels.forget(sid),
     );
-
-    let keys = settings.all_api_keys();
-    if keys.is_empty() {
-        tracing::warn!(
-            "no API key set (CODE_INTERPRETER_API_KEY): every route is open to anyone who can reach this port"
-        );
-    }
-    let state = api::AppState {
-        settings: Arc::clone(&settings),
+    Ok(Core {
+        settings,
         store,
         exec,
-        sandbox: sandbox.isolation(),
-        auth: Arc::new(api::Auth::new(&keys)),
-        started: Instant::now(),
-        metrics,
-    };
-
-    let addr = std::net::SocketAddr::new(settings.host, settings.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
-    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
-    tracing::info!("stopped");
-    Ok(())
+        sandbox,
+    })
 }
 
 /// Resolve on SIGTERM or SIGINT, so in-flight requests can finish.

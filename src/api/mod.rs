@@ -1,8 +1,9 @@
-//! HTTP: routes, wire shapes, auth, errors. The only module (with `mcp`, later) that knows
-//! about HTTP or JSON; everything below it speaks Rust types.
+//! HTTP: routes, wire shapes, auth, errors. The only module (with `mcp`) that knows about
+//! HTTP or JSON; everything below it speaks Rust types.
 //!
 //! Every route is served at the root and again under `/v1`, because LibreChat's base URL
-//! ends in `/v1`.
+//! ends in `/v1`. That includes the MCP endpoint (`/mcp`), which `mcp` provides as a tower
+//! service and which sits behind the same API-key middleware as the REST routes.
 
 mod auth;
 mod error;
@@ -44,6 +45,9 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub started: Instant,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Cancelled when the server stops, to end long-lived streams (MCP's SSE) that would
+    /// otherwise hold a graceful shutdown open.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -63,9 +67,20 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
         .route("/exec", post(exec::exec))
         .route("/exec/stream", post(exec::exec_stream))
         .layer(DefaultBodyLimit::max(exec_body_limit));
+    // The MCP service bounds its own request bodies; one service (and one session table)
+    // answers at /mcp and /v1/mcp.
+    let mcp = crate::mcp::http_service(
+        crate::mcp::Backend {
+            settings: Arc::clone(&state.settings),
+            store: Arc::clone(&state.store),
+            exec: Arc::clone(&state.exec),
+        },
+        state.shutdown.clone(),
+    );
     Router::new()
         .merge(uploads)
         .merge(exec)
+        .route_service("/mcp", mcp)
         .route("/files/{session_id}", get(files::list_files))
         .route("/files/{session_id}/{file_id}", delete(files::delete_file))
         .route("/download/{session_id}/{file_id}", get(files::download))
