@@ -262,12 +262,7 @@ async fn output_files_are_exactly_the_created_and_changed_ones() {
     .await;
     assert_eq!(body["session_id"], sid);
     assert_eq!(body["stdout"], "edit.txt\nkeep.txt\nout\n");
-    let mut names: Vec<&str> = body["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let mut names = common::names(&body["files"]);
     names.sort();
     assert_eq!(names, ["edit.txt", "out/made.csv"], "{body}");
     let edited = body["files"]
@@ -310,14 +305,7 @@ async fn output_files_are_exactly_the_created_and_changed_ones() {
     .await;
     assert_eq!(quiet["files"], json!([]));
     assert_eq!(quiet["stdout"], "same");
-    let list: Value = server
-        .get(&format!("/files/{sid}"), KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
 }
 
@@ -566,15 +554,7 @@ async fn health_and_libraries_list_the_real_runtimes() {
     // Versions are probed in the background at start.
     let mut health = Value::Null;
     for _ in 0..100 {
-        health = server
-            .client
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        health = server.health().await;
         if health["runtimes"]
             .as_object()
             .is_some_and(|r| r.len() >= 10)
@@ -599,14 +579,7 @@ async fn health_and_libraries_list_the_real_runtimes() {
     assert_eq!(health["sandbox"]["network"], false);
     assert_eq!(health["sandbox"]["seccomp"], true);
 
-    let libs: Value = server
-        .get("/libraries?runtime=python", KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let libs: Value = server.get_json("/libraries?runtime=python", KEY_A).await;
     let names: Vec<&str> = libs[0]["libraries"]
         .as_array()
         .unwrap()

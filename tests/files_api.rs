@@ -91,12 +91,7 @@ async fn files_part_name_is_accepted_and_repeatable_and_a_session_id_field_reuse
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
     let sid = body["session_id"].as_str().unwrap().to_owned();
-    let names: Vec<&str> = body["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = common::names(&body["files"]);
     assert_eq!(names, ["one.txt", "dir/two.txt"]);
 
     // The session_id field may come after the file part (LibreChat's order).
@@ -110,14 +105,7 @@ async fn files_part_name_is_accepted_and_repeatable_and_a_session_id_field_reuse
         .await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["session_id"], sid.as_str());
-    let list: Value = server
-        .get(&format!("/files/{sid}"), KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     assert_eq!(list.as_array().unwrap().len(), 3);
 
     // Without session_id every upload gets a fresh session.
@@ -301,14 +289,7 @@ async fn reuploading_a_name_replaces_it_with_a_new_id() {
     assert_eq!(status, StatusCode::OK);
     let new = body["files"][0]["id"].as_str().unwrap();
     assert_ne!(new, old);
-    let list: Value = server
-        .get(&format!("/files/{sid}"), KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     let r = server
         .get(&format!("/download/{sid}/{old}"), KEY_A)
@@ -510,14 +491,7 @@ async fn the_session_quota_refuses_a_file_and_keeps_the_earlier_ones() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let list: Value = server
-        .get(&format!("/files/{sid}"), KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(server.staged_files(), 0);
 }
@@ -548,15 +522,7 @@ async fn an_aborted_upload_leaves_nothing_behind() {
     }
     assert_eq!(server.staged_files(), 0);
     assert_eq!(server.session_dirs(), 0);
-    let health: Value = server
-        .client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = server.health().await;
     assert_eq!(health["active_sessions"], 0);
 }
 
@@ -583,14 +549,7 @@ async fn twenty_parallel_uploads_into_one_session_are_all_listed() {
     for (status, body) in futures::future::join_all(uploads).await {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let list: Value = server
-        .get(&format!("/files/{sid}"), KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     let mut names: Vec<String> = list
         .as_array()
         .unwrap()
@@ -631,13 +590,8 @@ async fn a_restart_keeps_sessions_files_and_ids() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.unwrap(), "still here");
     let list: Value = second
-        .get(&format!("/files/{sid}?detail=summary"), KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/files/{sid}?detail=summary"), KEY_A)
+        .await;
     assert_eq!(list[0]["fileId"], fid.as_str());
     // Still invisible to the other tenant after the restart.
     let r = second
@@ -673,14 +627,7 @@ async fn idle_sessions_expire_with_their_files() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let list: Value = server
-        .get(&format!("/files/{sid}"), KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     assert_eq!(list, serde_json::json!([]));
 }
 

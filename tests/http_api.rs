@@ -115,13 +115,8 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_session() {
     let fid = body["files"][0]["id"].as_str().unwrap();
 
     let list: Value = server
-        .get(&format!("/files/{sid}?detail=full"), KEY_B)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/files/{sid}?detail=full"), KEY_B)
+        .await;
     assert_eq!(list, serde_json::json!([]));
     for path in [
         format!("/download/{sid}/{fid}"),

@@ -40,12 +40,7 @@ async fn state_persists_and_sessions_are_separate() {
     assert_eq!(first["run"]["status"], "success");
     assert_eq!(first["run"]["code"], 0);
     let s1 = sid(&first);
-    let names: Vec<&str> = first["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = common::names(&first["files"]);
     assert_eq!(names, ["made.txt"]);
 
     let second = py(
@@ -75,15 +70,7 @@ async fn a_pooled_kernel_serves_a_new_session_and_sees_its_uploads() {
     let server = TestServer::start(&[("KERNEL_POOL_SIZE", "1")]).await;
     // Wait for the pool to fill.
     for _ in 0..150 {
-        let h: Value = server
-            .client
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: Value = server.health().await;
         if h["kernels"]["pooled"] == 1 {
             break;
         }
@@ -95,15 +82,7 @@ async fn a_pooled_kernel_serves_a_new_session_and_sees_its_uploads() {
     let s = up["session_id"].as_str().unwrap();
     let body = py(&server, Some(s), "import sys, pandas as pd\nprint('numpy' in sys.modules)\nprint(pd.read_csv('input.csv').shape)").await;
     assert_eq!(body["stdout"], "True\n(1, 2)\n", "{body}");
-    let h: Value = server
-        .client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = server.health().await;
     assert_eq!(h["kernels"]["live"], 1);
 }
 
@@ -153,12 +132,7 @@ print('SECRET_TOKEN' in os.environ, any('kernel-must-not-see-this' in v for v in
         body["stdout"], "['one', 'two words'] /mnt/data\n7\n['db.sqlite', 'x.csv']\nFalse False\n",
         "{body}"
     );
-    let mut names: Vec<&str> = body["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let mut names = common::names(&body["files"]);
     names.sort();
     assert_eq!(names, ["db.sqlite", "x.csv"]);
 }
@@ -362,15 +336,7 @@ async fn past_max_sessions_the_least_recently_used_kernel_is_evicted_and_says_so
     let a = py(&server, None, "a = 1").await;
     let b = py(&server, None, "b = 2").await;
     assert_ne!(sid(&a), sid(&b));
-    let h: Value = server
-        .client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = server.health().await;
     assert_eq!(h["kernels"]["live"], 1);
     let again = py(&server, Some(&sid(&a)), "print('a' in dir())").await;
     assert_eq!(again["stdout"], "False\n");
@@ -387,15 +353,7 @@ async fn idle_kernels_are_shut_down_and_files_stay() {
     let s = sid(&first);
     let mut live = Value::Null;
     for _ in 0..60 {
-        let h: Value = server
-            .client
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: Value = server.health().await;
         live = h["kernels"]["live"].clone();
         if live == 0 {
             break;
@@ -453,12 +411,7 @@ async fn a_figure_saved_to_a_file_is_not_returned_twice() {
         "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.savefig('/mnt/data/chart.png')",
     )
     .await;
-    let names: Vec<&str> = body["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = common::names(&body["files"]);
     assert_eq!(names, ["chart.png"], "{body}");
     // A figure that is only shown still comes back.
     let shown = py(
@@ -467,11 +420,6 @@ async fn a_figure_saved_to_a_file_is_not_returned_twice() {
         "plt.figure(); plt.plot([3, 1]); plt.show()",
     )
     .await;
-    let names: Vec<&str> = shown["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = common::names(&shown["files"]);
     assert_eq!(names, ["figure-1.png"], "{shown}");
 }

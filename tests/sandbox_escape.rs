@@ -304,22 +304,10 @@ async fn symlinks_made_by_user_code_are_never_listed_or_served() {
                "code": "ln -s /etc/passwd passwd.txt; ln -s / root; rm data.txt; ln -s /etc/passwd data.txt; echo hi > real.txt"}),
     )
     .await;
-    let names: Vec<&str> = body["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = common::names(&body["files"]);
     assert_eq!(names, ["real.txt"], "{body}");
     assert_eq!(body["deleted_files"], json!([]));
-    let list: Value = server
-        .get(&format!("/files/{sid}"), KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     let listed: Vec<&str> = list
         .as_array()
         .unwrap()

@@ -106,6 +106,29 @@ impl TestServer {
         self.client.get(self.url(path)).header("x-api-key", key)
     }
 
+    /// GET a JSON answer (any status).
+    pub async fn get_json(&self, path: &str, key: &str) -> serde_json::Value {
+        self.get(path, key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// GET /health (no key).
+    pub async fn health(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn delete(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.client.delete(self.url(path)).header("x-api-key", key)
     }
@@ -167,6 +190,16 @@ impl Drop for TestServer {
 }
 
 /// Peak resident memory of a process in bytes (VmHWM).
+/// The `name` of every item of a JSON array of files, in order.
+pub fn names(files: &serde_json::Value) -> Vec<String> {
+    files
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// POST /exec with a JSON body; returns status and JSON.
 pub async fn exec(
     server: &TestServer,
