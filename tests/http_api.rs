@@ -561,3 +561,62 @@ fn doctor_prints_a_table_of_the_machine() {
         "{text}"
     );
 }
+
+#[test]
+fn json_request_logs_carry_the_request_id_and_mask_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_code-interpreter"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("CODE_INTERPRETER_API_KEY", KEY_A)
+        .env("KERNEL_POOL_SIZE", "0")
+        .env("LOG_FORMAT", "json")
+        .env("LOG_REQUESTS", "yes")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/files/{SID}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client
+                .get(&url)
+                .header("x-api-key", KEY_A)
+                .header("x-request-id", "req-log-1")
+                .send()
+                .await
+            {
+                assert_eq!(r.status(), StatusCode::OK);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("server did not start");
+    });
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains(KEY_A),
+        "the key leaked into the log: {stderr}"
+    );
+    let line = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "request" && l["span"]["id"] == "req-log-1")
+        .unwrap_or_else(|| panic!("no JSON request line with the request id: {stderr}"));
+    assert_eq!(line["fields"]["status"], "200");
+    assert_eq!(line["fields"]["path"], format!("/files/{SID}"));
+    assert_eq!(line["fields"]["key"], "key-…");
+}
