@@ -570,7 +570,7 @@ fn json_request_logs_carry_the_request_id_and_mask_the_key() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_code-interpreter"))
+    let child = Command::new(env!("CARGO_BIN_EXE_code-interpreter"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORT", port.to_string())
