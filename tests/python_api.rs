@@ -423,3 +423,43 @@ async fn a_figure_saved_to_a_file_is_not_returned_twice() {
     let names = common::names(&shown["files"]);
     assert_eq!(names, ["figure-1.png"], "{shown}");
 }
+
+#[tokio::test]
+async fn after_a_server_restart_the_first_call_says_the_kernel_was_restarted() {
+    let temp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        temp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data = temp.path().join("data");
+    let mut first = TestServer::start_in(&data, &[]).await;
+    let body = py(&first, None, "x = 1\nopen('kept.txt', 'w').write('yes')").await;
+    let s = sid(&body);
+    first.stop();
+
+    let second = TestServer::start_in(&data, &[]).await;
+    let after = py(
+        &second,
+        Some(&s),
+        "print('x' in dir(), open('kept.txt').read())",
+    )
+    .await;
+    assert_eq!(after["session_id"], s.as_str());
+    assert_eq!(after["stdout"], "False yes\n");
+    assert!(
+        after["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("server restarted"),
+        "{after}"
+    );
+    // Only once; and a session that never ran Python gets no such line.
+    let again = py(&second, Some(&s), "print(1)").await;
+    assert_eq!(again["stderr"], "");
+    let (_, up) = second
+        .upload("/upload", KEY_A, &[("a.txt", b"a")], &[])
+        .await;
+    let fresh = py(&second, up["session_id"].as_str(), "print(2)").await;
+    assert_eq!(fresh["stderr"], "");
+}

@@ -511,18 +511,21 @@ impl ExecService {
         };
         let execute = async {
             let outcome = match req.language {
-                Language::Python => self
-                    .python
-                    .execute(
-                        &session.id,
-                        &workspace,
-                        &req.code,
-                        &req.args,
-                        timeout,
-                        &run_tx,
-                    )
-                    .await
-                    .map_err(ExecError::from),
+                Language::Python => {
+                    let had_kernel = self.store.note_kernel(&session.id).await?;
+                    self.python
+                        .execute(
+                            &session.id,
+                            had_kernel,
+                            &workspace,
+                            &req.code,
+                            &req.args,
+                            timeout,
+                            &run_tx,
+                        )
+                        .await
+                        .map_err(ExecError::from)
+                }
                 _ => self
                     .process
                     .run(run_req, run_tx.clone())

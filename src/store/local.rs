@@ -26,7 +26,12 @@ use super::{
 };
 use crate::session::{SessionOwner, Tenant, new_id};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+/// Changes after the first schema, applied in order to older databases.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    2,
+    "ALTER TABLE sessions ADD COLUMN kernel_used INTEGER NOT NULL DEFAULT 0;",
+)];
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
     id            TEXT PRIMARY KEY,
@@ -99,7 +104,13 @@ impl LocalStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         conn.execute_batch(SCHEMA)?;
+        for (to, sql) in MIGRATIONS {
+            if version < *to {
+                conn.execute_batch(sql)?;
+            }
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
 
         Ok(LocalStore {
@@ -549,6 +560,25 @@ impl Store for LocalStore {
             Workspace::new(&root, None).remove(&meta.name)?;
             tx.commit()?;
             Ok(Some(meta))
+        })
+        .await
+    }
+
+    async fn note_kernel(&self, session_id: &str) -> StoreResult<bool> {
+        let sid = session_id.to_owned();
+        self.with_db(move |conn| {
+            let tx = conn.transaction()?;
+            let before: bool = tx
+                .query_row(
+                    "SELECT kernel_used FROM sessions WHERE id = ?1",
+                    [&sid],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            tx.execute("UPDATE sessions SET kernel_used = 1 WHERE id = ?1", [&sid])?;
+            tx.commit()?;
+            Ok(before)
         })
         .await
     }

@@ -196,6 +196,10 @@ pub trait Store: Send + Sync {
 
     async fn stats(&self) -> StoreResult<StoreStats>;
 
+    /// Record that the session has had a Python kernel; returns whether it had one before
+    /// (possibly in an earlier server process, whose kernels are gone).
+    async fn note_kernel(&self, session_id: &str) -> StoreResult<bool>;
+
     /// The workspace's regular files as they are on disk now (no symlinks, no tool litter).
     async fn snapshot(&self, session_id: &str) -> StoreResult<Snapshot>;
 

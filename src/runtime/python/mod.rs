@@ -61,6 +61,8 @@ pub struct PythonRuntime {
     /// Kernels being started or claimed for a session: they count against `MAX_SESSIONS`.
     reserved: AtomicUsize,
     lost: Mutex<HashMap<String, &'static str>>,
+    /// Sessions this process has run a kernel for.
+    seen: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,7 @@ impl PythonRuntime {
             starting: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
             lost: Mutex::default(),
+            seen: Mutex::default(),
         }))
     }
 
@@ -345,10 +348,13 @@ impl PythonRuntime {
         Ok(live)
     }
 
-    /// Run a cell in the session's kernel (started or claimed as needed).
+    /// Run a cell in the session's kernel (started or claimed as needed). `had_kernel` says
+    /// the session had a kernel before, perhaps in a server process that is gone.
+    #[allow(clippy::too_many_arguments)]
     pub async fn execute(
         self: &Arc<Self>,
         session_id: &str,
+        had_kernel: bool,
         workspace: &Path,
         code: &str,
         args: &[String],
@@ -356,6 +362,12 @@ impl PythonRuntime {
         events: &mpsc::Sender<RunEvent>,
     ) -> Result<RunOutcome, PythonError> {
         let started = Instant::now();
+        let first_here = lock(&self.seen).insert(session_id.to_owned());
+        if had_kernel && first_here {
+            lock(&self.lost)
+                .entry(session_id.to_owned())
+                .or_insert("the server restarted since its last call");
+        }
         let live = self.kernel_for(session_id, workspace).await?;
         live.busy.store(true, Ordering::SeqCst);
         let _idle_again = scopeguard(&live);
