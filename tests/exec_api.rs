@@ -273,11 +273,7 @@ async fn output_files_are_exactly_the_created_and_changed_ones() {
         .unwrap();
     assert_ne!(edited["id"], edit_id, "a changed file gets a new id");
     for f in body["files"].as_array().unwrap() {
-        let r = server
-            .get(f["path"].as_str().unwrap(), KEY_A)
-            .send()
-            .await
-            .unwrap();
+        let r = server.fetch(f["path"].as_str().unwrap(), KEY_A).await;
         assert_eq!(r.status(), StatusCode::OK);
     }
     let made = body["files"]
@@ -287,10 +283,8 @@ async fn output_files_are_exactly_the_created_and_changed_ones() {
         .find(|f| f["name"] == "out/made.csv")
         .unwrap();
     let text = server
-        .get(made["path"].as_str().unwrap(), KEY_A)
-        .send()
+        .fetch(made["path"].as_str().unwrap(), KEY_A)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -339,10 +333,8 @@ async fn referenced_files_are_copied_in_for_both_librechat_shapes() {
     assert_eq!(changed["modified_from"]["id"], fid);
     // The source is untouched: a copy, not a link.
     let original = server
-        .get(&format!("/download/{sid}/{fid}"), KEY_A)
-        .send()
+        .fetch(&format!("/download/{sid}/{fid}"), KEY_A)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -592,11 +584,7 @@ async fn health_and_libraries_list_the_real_runtimes() {
             "{pkg} missing: {names:?}"
         );
     }
-    let r = server
-        .get("/libraries?runtime=cobol", KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let r = server.fetch("/libraries?runtime=cobol", KEY_A).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 

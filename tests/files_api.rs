@@ -80,14 +80,7 @@ async fn files_part_name_is_accepted_and_repeatable_and_a_session_id_field_reuse
             "files",
             reqwest::multipart::Part::bytes(b"two".to_vec()).file_name("dir/two.txt"),
         );
-    let resp = server
-        .client
-        .post(server.url("/upload"))
-        .header("x-api-key", KEY_A)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let resp = server.post_form("/upload", KEY_A, form).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
     let sid = body["session_id"].as_str().unwrap().to_owned();
@@ -171,14 +164,12 @@ async fn listing_has_the_three_librechat_shapes_and_unknown_sessions_are_empty()
 
     // Unknown (but well-formed) session: 200 [].
     let r = server
-        .get("/files/AAAAAAAAAAAAAAAAAAAAA?detail=summary", KEY_A)
-        .send()
-        .await
-        .unwrap();
+        .fetch("/files/AAAAAAAAAAAAAAAAAAAAA?detail=summary", KEY_A)
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap(), serde_json::json!([]));
     // Malformed: 400 with a sentence.
-    let r = server.get("/files/not-an-id", KEY_A).send().await.unwrap();
+    let r = server.fetch("/files/not-an-id", KEY_A).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains("21 characters"));
@@ -261,16 +252,12 @@ async fn download_streams_bytes_with_range_etag_and_disposition() {
 
     // Unknown file in a known session, and malformed ids.
     let r = server
-        .get(&format!("/download/{sid}/AAAAAAAAAAAAAAAAAAAAA"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+        .fetch(&format!("/download/{sid}/AAAAAAAAAAAAAAAAAAAAA"), KEY_A)
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = server
-        .get(&format!("/download/{sid}/..%2F..%2Fetc"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+        .fetch(&format!("/download/{sid}/..%2F..%2Fetc"), KEY_A)
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -291,17 +278,9 @@ async fn reuploading_a_name_replaces_it_with_a_new_id() {
     assert_ne!(new, old);
     let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    let r = server
-        .get(&format!("/download/{sid}/{old}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let r = server.fetch(&format!("/download/{sid}/{old}"), KEY_A).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = server
-        .get(&format!("/download/{sid}/{new}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let r = server.fetch(&format!("/download/{sid}/{new}"), KEY_A).await;
     assert_eq!(r.text().await.unwrap(), "version 2");
 }
 
@@ -311,10 +290,8 @@ async fn deleting_files_and_sessions_makes_them_404() {
     let (sid, fid) = upload_one(&server, "a.txt", b"a").await;
 
     let probe = server
-        .get(&format!("/sessions/{sid}/objects/{fid}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+        .fetch(&format!("/sessions/{sid}/objects/{fid}"), KEY_A)
+        .await;
     assert_eq!(probe.status(), StatusCode::OK);
     let info: Value = probe.json().await.unwrap();
     assert_eq!(info["name"], format!("{sid}/{fid}"));
@@ -335,7 +312,7 @@ async fn deleting_files_and_sessions_makes_them_404() {
         format!("/download/{sid}/{fid}"),
         format!("/sessions/{sid}/objects/{fid}"),
     ] {
-        let r = server.get(&path, KEY_A).send().await.unwrap();
+        let r = server.fetch(&path, KEY_A).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         let body: Value = r.json().await.unwrap();
         assert!(body["detail"].as_str().unwrap().len() > 10);
@@ -403,11 +380,7 @@ async fn batch_reports_each_file_and_one_bad_file_does_not_sink_the_rest() {
     // read_only is kept and shown on download.
     let sid = body["session_id"].as_str().unwrap();
     let fid = files[0]["fileId"].as_str().unwrap();
-    let r = server
-        .get(&format!("/download/{sid}/{fid}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let r = server.fetch(&format!("/download/{sid}/{fid}"), KEY_A).await;
     assert_eq!(r.headers()["x-read-only"], "true");
 
     // Every file failing is a 400 with message "error".
@@ -582,11 +555,7 @@ async fn a_restart_keeps_sessions_files_and_ids() {
     first.stop();
 
     let second = TestServer::start_in(&data, &[]).await;
-    let r = second
-        .get(&format!("/download/{sid}/{fid}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let r = second.fetch(&format!("/download/{sid}/{fid}"), KEY_A).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.unwrap(), "still here");
     let list: Value = second
@@ -594,11 +563,7 @@ async fn a_restart_keeps_sessions_files_and_ids() {
         .await;
     assert_eq!(list[0]["fileId"], fid.as_str());
     // Still invisible to the other tenant after the restart.
-    let r = second
-        .get(&format!("/download/{sid}/{fid}"), KEY_B)
-        .send()
-        .await
-        .unwrap();
+    let r = second.fetch(&format!("/download/{sid}/{fid}"), KEY_B).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
@@ -621,11 +586,7 @@ async fn idle_sessions_expire_with_their_files() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!server.data_dir.join("sessions").join(&sid).exists());
-    let r = server
-        .get(&format!("/download/{sid}/{fid}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let r = server.fetch(&format!("/download/{sid}/{fid}"), KEY_A).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let list: Value = server.get_json(&format!("/files/{sid}"), KEY_A).await;
     assert_eq!(list, serde_json::json!([]));
@@ -651,14 +612,7 @@ async fn a_one_gib_upload_barely_moves_the_servers_memory() {
     )
     .file_name("huge.bin");
     let form = reqwest::multipart::Form::new().part("file", part);
-    let r = server
-        .client
-        .post(server.url("/upload"))
-        .header("x-api-key", KEY_A)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_form("/upload", KEY_A, form).await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["files"][0]["size"], TOTAL as u64);
@@ -666,11 +620,7 @@ async fn a_one_gib_upload_barely_moves_the_servers_memory() {
     let fid = body["files"][0]["id"].as_str().unwrap();
 
     // Download it back, counting bytes without keeping them.
-    let mut r = server
-        .get(&format!("/download/{sid}/{fid}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let mut r = server.fetch(&format!("/download/{sid}/{fid}"), KEY_A).await;
     let mut got = 0usize;
     while let Some(chunk) = r.chunk().await.unwrap() {
         got += chunk.len();

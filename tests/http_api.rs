@@ -122,7 +122,7 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_session() {
         format!("/download/{sid}/{fid}"),
         format!("/sessions/{sid}/objects/{fid}"),
     ] {
-        let r = server.get(&path, KEY_B).send().await.unwrap();
+        let r = server.fetch(&path, KEY_B).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
     }
     let r = server
@@ -148,11 +148,7 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_session() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Tenant A still has its file, unchanged.
-    let r = server
-        .get(&format!("/download/{sid}/{fid}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let r = server.fetch(&format!("/download/{sid}/{fid}"), KEY_A).await;
     assert_eq!(r.text().await.unwrap(), "tenant A only");
 }
 
@@ -182,25 +178,11 @@ async fn bad_input_gets_a_4xx_with_a_sentence_never_a_5xx() {
     check(r, StatusCode::BAD_REQUEST).await;
     // Multipart without a file.
     let form = reqwest::multipart::Form::new().text("entity_id", "agent");
-    let r = server
-        .client
-        .post(server.url("/upload"))
-        .header("x-api-key", KEY_A)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_form("/upload", KEY_A, form).await;
     check(r, StatusCode::BAD_REQUEST).await;
     // Batch without a file.
     let form = reqwest::multipart::Form::new().text("read_only", "true");
-    let r = server
-        .client
-        .post(server.url("/upload/batch"))
-        .header("x-api-key", KEY_A)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_form("/upload/batch", KEY_A, form).await;
     check(r, StatusCode::BAD_REQUEST).await;
     // A bad entity_id.
     let form = reqwest::multipart::Form::new()
@@ -212,14 +194,7 @@ async fn bad_input_gets_a_4xx_with_a_sentence_never_a_5xx() {
             "entity_id",
             "has spaces and is far too long for an entity id",
         );
-    let r = server
-        .client
-        .post(server.url("/upload"))
-        .header("x-api-key", KEY_A)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_form("/upload", KEY_A, form).await;
     check(r, StatusCode::UNPROCESSABLE_ENTITY).await;
     // A bad read_only.
     let form = reqwest::multipart::Form::new()
@@ -228,14 +203,7 @@ async fn bad_input_gets_a_4xx_with_a_sentence_never_a_5xx() {
             reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.txt"),
         )
         .text("read_only", "perhaps");
-    let r = server
-        .client
-        .post(server.url("/upload/batch"))
-        .header("x-api-key", KEY_A)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_form("/upload/batch", KEY_A, form).await;
     check(r, StatusCode::UNPROCESSABLE_ENTITY).await;
     // Broken multipart.
     let r = server
@@ -259,17 +227,17 @@ async fn bad_input_gets_a_4xx_with_a_sentence_never_a_5xx() {
         format!("/sessions/{SID}/objects/x"),
         "/files/%00".into(),
     ] {
-        let r = server.get(&path, KEY_A).send().await.unwrap();
+        let r = server.fetch(&path, KEY_A).await;
         check(r, StatusCode::BAD_REQUEST).await;
     }
     // Unknown route and wrong method.
     check(
-        server.get("/no/such/route", KEY_A).send().await.unwrap(),
+        server.fetch("/no/such/route", KEY_A).await,
         StatusCode::NOT_FOUND,
     )
     .await;
     check(
-        server.get("/upload", KEY_A).send().await.unwrap(),
+        server.fetch("/upload", KEY_A).await,
         StatusCode::METHOD_NOT_ALLOWED,
     )
     .await;
@@ -373,14 +341,7 @@ async fn health_is_public_and_metrics_count_requests() {
     server
         .upload("/upload", KEY_A, &[("m.txt", b"12345")], &[])
         .await;
-    let text = server
-        .get("/metrics", KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.fetch("/metrics", KEY_A).await.text().await.unwrap();
     assert!(
         text.contains(r#"http_requests_total{route="/upload",method="POST",status="200"} 1"#),
         "{text}"

@@ -152,10 +152,8 @@ async fn a_matplotlib_plot_comes_back_as_a_downloadable_png() {
     assert_eq!(files.len(), 1, "{body}");
     assert_eq!(files[0]["name"], "figure-1.png");
     let r = server
-        .get(files[0]["path"].as_str().unwrap(), KEY_A)
-        .send()
-        .await
-        .unwrap();
+        .fetch(files[0]["path"].as_str().unwrap(), KEY_A)
+        .await;
     assert_eq!(r.headers()["content-type"], "image/png");
     let bytes = r.bytes().await.unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
@@ -191,14 +189,7 @@ async fn a_cell_that_ignores_interrupts_gets_a_fresh_kernel() {
     let s = sid(&first);
     let body = py_with(&server, json!({"lang": "py", "session_id": s, "timeout": 1000,
         "code": "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.05)"})).await;
-    assert_eq!(body["run"]["status"], "timeout", "{body}");
-    assert!(
-        body["run"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("state was lost"),
-        "{body}"
-    );
+    common::assert_stopped(&body, "timeout", "state was lost");
     let after = py(&server, Some(&s), "print('lost_soon' in dir())").await;
     assert_eq!(after["stdout"], "False\n");
     assert!(
@@ -233,14 +224,7 @@ async fn a_dying_kernel_answers_at_once_and_the_next_call_works() {
     );
 
     let body = py(&server, Some(&s), "x = bytearray(4 * 1024**3)").await;
-    assert_eq!(body["run"]["status"], "killed", "{body}");
-    assert!(
-        body["run"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("memory limit of 512 MiB"),
-        "{body}"
-    );
+    common::assert_stopped(&body, "killed", "memory limit of 512 MiB");
     let next = py(&server, Some(&s), "print('alive again')").await;
     assert_eq!(next["stdout"], "alive again\n");
     let r = server

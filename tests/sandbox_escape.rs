@@ -187,14 +187,7 @@ async fn a_fork_bomb_is_stopped_and_the_server_lives() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         health_answers(&server).await;
     });
-    assert_eq!(body["run"]["status"], "killed", "{body}");
-    assert!(
-        body["run"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("processes"),
-        "{body}"
-    );
+    common::assert_stopped(&body, "killed", "processes");
     assert!(body["stderr"].as_str().unwrap().contains("[sandbox]"));
     health_answers(&server).await;
 }
@@ -207,14 +200,7 @@ async fn a_memory_bomb_is_killed_by_the_limit() {
         "print('start', flush=True)\nx = bytearray(2 * 1024**3)\nprint('survived')",
     )
     .await;
-    assert_eq!(body["run"]["status"], "killed", "{body}");
-    assert!(
-        body["run"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("memory limit of 256 MiB"),
-        "{body}"
-    );
+    common::assert_stopped(&body, "killed", "memory limit of 256 MiB");
     assert_eq!(body["stdout"], "start\n");
     health_answers(&server).await;
 }
@@ -223,27 +209,13 @@ async fn a_memory_bomb_is_killed_by_the_limit() {
 async fn disk_fillers_are_stopped_at_the_quota() {
     let server = start().await;
     let body = bash(&server, "head -c 200M /dev/zero > big.bin; echo done").await;
-    assert_eq!(body["run"]["status"], "killed", "{body}");
-    assert!(
-        body["run"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("larger than the limit"),
-        "{body}"
-    );
+    common::assert_stopped(&body, "killed", "larger than the limit");
     let body = bash(
         &server,
         "for i in $(seq 1 20); do head -c 5M /dev/zero > f$i.bin; done; sleep 10; echo done",
     )
     .await;
-    assert_eq!(body["run"]["status"], "killed", "{body}");
-    assert!(
-        body["run"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("disk quota"),
-        "{body}"
-    );
+    common::assert_stopped(&body, "killed", "disk quota");
     assert!(!body["stdout"].as_str().unwrap().contains("done"));
     // /tmp is a small private tmpfs, and the file size limit holds there too.
     let body = bash(&server, "head -c 400M /dev/zero > /tmp/fill; echo done").await;
@@ -315,10 +287,6 @@ async fn symlinks_made_by_user_code_are_never_listed_or_served() {
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert_eq!(listed, ["real.txt"], "{list}");
-    let r = server
-        .get(&format!("/download/{sid}/{fid}"), KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let r = server.fetch(&format!("/download/{sid}/{fid}"), KEY_A).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }

@@ -106,6 +106,27 @@ impl TestServer {
         self.client.get(self.url(path)).header("x-api-key", key)
     }
 
+    /// GET with a key; the response, whatever its status.
+    pub async fn fetch(&self, path: &str, key: &str) -> reqwest::Response {
+        self.get(path, key).send().await.unwrap()
+    }
+
+    /// POST a multipart form with a key.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        key: &str,
+        form: reqwest::multipart::Form,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("x-api-key", key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// GET a JSON answer (any status).
     pub async fn get_json(&self, path: &str, key: &str) -> serde_json::Value {
         self.get(path, key)
@@ -190,6 +211,13 @@ impl Drop for TestServer {
 }
 
 /// Peak resident memory of a process in bytes (VmHWM).
+/// A run ended with `status` and a `run.message` that mentions `part`.
+pub fn assert_stopped(body: &serde_json::Value, status: &str, part: &str) {
+    assert_eq!(body["run"]["status"], status, "{body}");
+    let message = body["run"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(part), "{part:?} not in {body}");
+}
+
 /// The `name` of every item of a JSON array of files, in order.
 pub fn names(files: &serde_json::Value) -> Vec<String> {
     files
