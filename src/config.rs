@@ -255,6 +255,11 @@ pub struct Settings {
     #[arg(long, env = "PIP_INSTALL_HINTS", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
     pub pip_install_hints: bool,
 
+    /// A client that disconnects from `/exec` or `/exec/stream` before the result cancels
+    /// its run (process tree killed, Python cell interrupted).
+    #[arg(long, env = "STREAM_CANCEL_ON_DISCONNECT", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
+    pub stream_cancel_on_disconnect: bool,
+
     /// Runs executing at once across all sessions (default: 4 per core); more wait their turn.
     #[arg(long, env = "MAX_CONCURRENT_RUNS", value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_concurrent_runs: Option<u64>,

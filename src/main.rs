@@ -231,6 +231,7 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
     )
     .context("the runtime cache under DATA_DIR cannot be set up")?;
     let process = Arc::new(process);
+    let turns = Arc::new(session::SessionTurns::default());
     let python = runtime::python::PythonRuntime::new(
         Arc::clone(&sandbox),
         Arc::clone(&process),
@@ -249,6 +250,7 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
             queue_wait: Duration::from_secs(settings.queue_wait_seconds),
             max_output_bytes: settings.max_output_bytes,
         },
+        Arc::clone(&turns),
     )
     .context("the Python kernel directories cannot be set up")?;
     python.spawn_idle_reaper();
@@ -258,16 +260,12 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         process,
         python,
         Arc::clone(&settings),
+        turns,
     ));
     // Ask every runtime for its version now, so /health lists them and first runs are quick.
     let warm = Arc::clone(&exec);
     tokio::spawn(async move { warm.runtimes().warm_up().await });
-    let kernels = Arc::clone(exec.python());
-    session::spawn_expiry(
-        Arc::clone(&store),
-        Duration::from_secs(settings.session_ttl_seconds),
-        move |sid| kernels.forget(sid),
-    );
+    exec.spawn_expiry(Duration::from_secs(settings.session_ttl_seconds));
     Ok(Core {
         settings,
         store,

@@ -1,10 +1,8 @@
-//! Sessions: identifiers, ownership (tenants), the entity map and idle expiry.
-//! A session is a workspace directory plus its metadata; kernels come later and hang off it.
+//! Sessions: identifiers, ownership (tenants), owner labels and the per-session turn.
+//! A session is a workspace directory plus its metadata; a kernel may hang off it.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Length of every session and file id: LibreChat validates `^[A-Za-z0-9_-]{21}$`.
 pub const ID_LEN: usize = 21;
@@ -55,29 +53,35 @@ pub fn is_valid_entity_id(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Delete sessions idle for longer than `ttl`, checking often enough that a session never
-/// outlives its TTL by more than a quarter of it (and at least once a minute).
-pub fn spawn_expiry(
-    store: Arc<dyn Store>,
-    ttl: Duration,
-    on_expired: impl Fn(&str) + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match store.expire_idle_sessions(ttl).await {
-                Ok(gone) if !gone.is_empty() => {
-                    tracing::info!(count = gone.len(), "expired idle sessions");
-                    gone.iter().for_each(|id| on_expired(id));
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "session expiry failed"),
-            }
-        }
-    })
+/// One queue per session: runs, restarts, deletes and kernel evictions of a session take
+/// turns, never overlap. Shared by `exec` (which queues runs) and the Python runtime (which
+/// evicts only kernels whose session's turn is free).
+#[derive(Default)]
+pub struct SessionTurns {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A session's turn, held until dropped.
+pub type Turn = tokio::sync::OwnedMutexGuard<()>;
+
+impl SessionTurns {
+    fn lock_for(&self, session_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget turns nobody holds or waits for, so the map does not grow with every
+        // session ever seen.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(map.entry(session_id.to_owned()).or_default())
+    }
+
+    /// Wait for the session's turn.
+    pub async fn take(&self, session_id: &str) -> Turn {
+        self.lock_for(session_id).lock_owned().await
+    }
+
+    /// The session's turn if nobody holds it now.
+    pub fn try_take(&self, session_id: &str) -> Option<Turn> {
+        self.lock_for(session_id).try_lock_owned().ok()
+    }
 }
 
 #[cfg(test)]

@@ -17,8 +17,9 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::wire::download_path;
-use crate::exec::{ExecError, ExecEvent, ExecRequest, ExecResult, FileRef, OutputFile};
-use crate::runtime::{self, Language};
+use crate::exec::{
+    CancelOnDrop, ExecError, ExecEvent, ExecRequest, ExecResult, FileRef, OutputFile, RunHandle,
+};
 use crate::session::{SessionOwner, Tenant, is_valid_entity_id};
 
 /// What a 429 for busy kernels suggests as a wait: about one short cell.
@@ -207,6 +208,17 @@ impl From<ExecError> for ApiError {
     fn from(err: ExecError) -> Self {
         match err {
             ExecError::BadRequest(s) => ApiError::bad_request(s),
+            e @ ExecError::UnsupportedLanguage(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_language",
+                e.to_string(),
+            ),
+            e @ ExecError::CodeTooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "code_too_large",
+                e.to_string(),
+            ),
+            ExecError::SessionNotFound => ApiError::session_not_found(),
             e @ ExecError::InputMissing(_) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "session_input_unavailable",
@@ -262,30 +274,9 @@ pub fn parse_request(
     let lang = body.lang.ok_or_else(|| {
         ApiError::validation("'lang' is required: the language of the code, e.g. \"py\".")
     })?;
-    let language = Language::parse(&lang).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported_language",
-            format!(
-                "Unsupported language '{lang}'; supported: {}.",
-                runtime::SUPPORTED
-            ),
-        )
-    })?;
     let code = body
         .code
         .ok_or_else(|| ApiError::validation("'code' is required: the source to run."))?;
-    if code.len() as u64 > state.settings.max_code_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "code_too_large",
-            format!(
-                "'code' is {} bytes; the limit is {} bytes (MAX_CODE_BYTES).",
-                code.len(),
-                state.settings.max_code_bytes
-            ),
-        ));
-    }
     let args = match body.args {
         None => Vec::new(),
         Some(ArgsField::List(list)) => list,
@@ -351,7 +342,7 @@ pub fn parse_request(
     };
     Ok(ExecRequest {
         tenant,
-        language,
+        lang,
         code,
         args,
         session_id: body.session_id.filter(|s| !s.is_empty()),
@@ -414,14 +405,19 @@ pub async fn exec_stream(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>> {
     let request = parse_request(&state, tenant, &headers, body)?;
-    let (session_id, events) = state.exec.start(request).await?;
+    let started = state.exec.start(request).await?;
+    let session_id = started.session_id;
     let first = futures::stream::once(async move {
         Ok(Event::default()
             .data(serde_json::json!({"type": "session", "session_id": session_id}).to_string()))
     });
-    // The run goes on in its own task: a client that leaves does not stop it.
-    let rest = tokio_stream::wrappers::ReceiverStream::new(events)
-        .map(|event| Ok(Event::default().data(frame(&event).to_string())));
+    // The run goes on in its own task; the stream holds a guard that cancels it when the
+    // client leaves (unless STREAM_CANCEL_ON_DISCONNECT is off).
+    let guard = disconnect_guard(&state, &started.handle);
+    let rest = tokio_stream::wrappers::ReceiverStream::new(started.events).map(move |event| {
+        let _ = &guard;
+        Ok(Event::default().data(frame(&event).to_string()))
+    });
     Ok(Sse::new(first.chain(rest)).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(KEEP_ALIVE_SECONDS))
@@ -454,11 +450,22 @@ pub async fn exec(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<ExecResponse>> {
     let request = parse_request(&state, tenant, &headers, body)?;
-    let (_, events) = state.exec.start(request).await?;
-    let result = crate::exec::finish(events)
+    let started = state.exec.start(request).await?;
+    // Dropped with this handler when the client leaves: the run is cancelled.
+    let _guard = disconnect_guard(&state, &started.handle);
+    let result = crate::exec::finish(started.events)
         .await
         .ok_or_else(|| ApiError::internal("the run ended without a result"))?;
     Ok(Json(ExecResponse::of(&result)))
+}
+
+/// What cancels a run when its client goes away (dropped with the request or the stream).
+fn disconnect_guard(state: &AppState, handle: &RunHandle) -> CancelOnDrop {
+    let mut guard = handle.cancel_on_drop();
+    if !state.settings.stream_cancel_on_disconnect {
+        guard.disarm();
+    }
+    guard
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -469,19 +476,16 @@ pub struct KernelAction {
     pub message: String,
 }
 
-async fn owned(state: &AppState, tenant: &Tenant, sid: &str) -> ApiResult<()> {
-    if !crate::session::is_valid_id(sid) {
-        return Err(ApiError::malformed_id("session id"));
+fn check_session_id(sid: &str) -> ApiResult<()> {
+    if crate::session::is_valid_id(sid) {
+        Ok(())
+    } else {
+        Err(ApiError::malformed_id("session id"))
     }
-    state
-        .store
-        .session(tenant, sid)
-        .await?
-        .map(|_| ())
-        .ok_or_else(ApiError::session_not_found)
 }
 
-/// Interrupt the session's running Python cell (it ends with `KeyboardInterrupt`).
+/// Interrupt what the session runs now: a Python cell ends with `KeyboardInterrupt` (its
+/// state is kept); a one-shot program is stopped.
 #[utoipa::path(
     post, path = "/sessions/{session_id}/interrupt", tag = "sessions",
     params(("session_id" = String, Path)),
@@ -493,15 +497,15 @@ pub async fn interrupt(
     Extension(tenant): Extension<Tenant>,
     axum::extract::Path(sid): axum::extract::Path<String>,
 ) -> ApiResult<Json<KernelAction>> {
-    owned(&state, &tenant, &sid).await?;
-    let applied = state.exec.python().interrupt(&sid).await;
+    check_session_id(&sid)?;
+    let applied = state.exec.interrupt(&tenant, &sid).await?;
     Ok(Json(KernelAction {
         session_id: sid,
         applied,
         message: if applied {
-            "Interrupt sent to the session's kernel.".into()
+            "The session's running code was interrupted.".into()
         } else {
-            "The session has no running Python kernel.".into()
+            "Nothing was running in the session.".into()
         },
     }))
 }
@@ -518,8 +522,8 @@ pub async fn restart(
     Extension(tenant): Extension<Tenant>,
     axum::extract::Path(sid): axum::extract::Path<String>,
 ) -> ApiResult<Json<KernelAction>> {
-    owned(&state, &tenant, &sid).await?;
-    let applied = state.exec.python().restart(&sid);
+    check_session_id(&sid)?;
+    let applied = state.exec.restart(&tenant, &sid).await?;
     Ok(Json(KernelAction {
         session_id: sid,
         applied,

@@ -638,10 +638,9 @@ pub async fn delete_session(
     Path(sid): Path<String>,
 ) -> ApiResult<Json<DeletedSession>> {
     check_id(&sid, "session id")?;
-    if !state.store.delete_session(&tenant, &sid).await? {
+    if !state.exec.delete_session(&tenant, &sid).await? {
         return Err(ApiError::session_not_found());
     }
-    state.exec.python().forget(&sid);
     Ok(Json(DeletedSession {
         message: "Session deleted successfully".into(),
         session_id: sid,

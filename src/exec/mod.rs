@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::runtime::process::{ProcessRuntime, RunRequest};
 use crate::runtime::python::{PythonError, PythonRuntime};
-use crate::runtime::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
+use crate::runtime::{self, Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::Limits;
-use crate::session::{SessionOwner, Tenant, is_valid_id, new_id};
+use crate::session::{SessionOwner, SessionTurns, Tenant, is_valid_id, new_id};
 use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
 
 pub use utf8::Utf8Decoder;
@@ -116,7 +117,7 @@ impl<'a> Output<'a> {
                     text.push_str(if self.network {
                         "[hint] Install missing packages with `%pip install <package>`.\n"
                     } else {
-                        "[hint] Packages cannot be installed here (no network); GET /libraries?runtime=python lists what is available.\n"
+                        "[hint] Packages cannot be installed here (no network): use the preinstalled ones or the standard library.\n"
                     });
                 }
                 self.text(false, text).await;
@@ -194,7 +195,8 @@ pub struct FileRef {
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
     pub tenant: Tenant,
-    pub language: Language,
+    /// The language as the client named it; `ExecService::start` checks it.
+    pub lang: String,
     pub code: String,
     pub args: Vec<String>,
     pub session_id: Option<String>,
@@ -252,6 +254,12 @@ pub enum ExecEvent {
 pub enum ExecError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("Unsupported language '{}'; supported: {}.", .0.escape_debug(), runtime::SUPPORTED)]
+    UnsupportedLanguage(String),
+    #[error("'code' is {size} bytes; the limit is {limit} bytes (MAX_CODE_BYTES).")]
+    CodeTooLarge { size: usize, limit: u64 },
+    #[error("The session was not found: it may have expired or been deleted.")]
+    SessionNotFound,
     #[error("The input file '{0}' was not found: it may have expired; upload it again.")]
     InputMissing(String),
     #[error("The {0} runtime is not available on this server.")]
@@ -282,28 +290,87 @@ impl From<RuntimeError> for ExecError {
     }
 }
 
-/// One queue per session: runs on a session take turns, never mix.
-#[derive(Default)]
-struct SessionTurns {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+/// Stops one run whatever its language: a Python cell is interrupted (and its kernel killed
+/// if the interrupt does not land), a one-shot program's whole process tree is killed, and a
+/// run still waiting for its turn never starts. Cancelling a finished run does nothing.
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    token: CancellationToken,
 }
 
-impl SessionTurns {
-    fn lock_for(&self, session_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget turns nobody waits for, so the map does not grow with every session ever seen.
-        map.retain(|_, l| Arc::strong_count(l) > 1);
-        Arc::clone(map.entry(session_id.to_owned()).or_default())
+impl RunHandle {
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// A guard that cancels the run when dropped: held by a request whose client may leave.
+    pub fn cancel_on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(Some(self.token.clone()))
     }
 }
 
+/// Cancels its run when dropped, unless disarmed.
+#[derive(Debug)]
+pub struct CancelOnDrop(Option<CancellationToken>);
+
+impl CancelOnDrop {
+    /// Let the run go on after the guard is dropped.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.0.take() {
+            token.cancel();
+        }
+    }
+}
+
+/// A run that has started: its session, its events (ending with `Done`), its handle.
+pub struct Started {
+    pub session_id: String,
+    pub events: mpsc::Receiver<ExecEvent>,
+    pub handle: RunHandle,
+}
+
+/// The run that holds a session's turn now.
+struct ActiveRun {
+    run_id: String,
+    language: Language,
+    token: CancellationToken,
+}
+
+/// Removes a run from the active table when it ends, however it ends.
+struct Active<'a> {
+    table: &'a Mutex<HashMap<String, ActiveRun>>,
+    session_id: String,
+    run_id: String,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table
+            .get(&self.session_id)
+            .is_some_and(|a| a.run_id == self.run_id)
+        {
+            table.remove(&self.session_id);
+        }
+    }
+}
+
+/// Owns sessions' runs: every run, interrupt, restart and delete of a session goes through
+/// here and takes the session's turn.
 pub struct ExecService {
     store: Arc<dyn Store>,
     process: Arc<ProcessRuntime>,
     python: Arc<PythonRuntime>,
     settings: Arc<Settings>,
-    turns: SessionTurns,
+    turns: Arc<SessionTurns>,
     slots: Arc<Semaphore>,
+    active: Mutex<HashMap<String, ActiveRun>>,
 }
 
 impl ExecService {
@@ -312,6 +379,7 @@ impl ExecService {
         process: Arc<ProcessRuntime>,
         python: Arc<PythonRuntime>,
         settings: Arc<Settings>,
+        turns: Arc<SessionTurns>,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(settings.concurrent_runs()));
         ExecService {
@@ -319,8 +387,9 @@ impl ExecService {
             process,
             python,
             settings,
-            turns: SessionTurns::default(),
+            turns,
             slots,
+            active: Mutex::default(),
         }
     }
 
@@ -335,29 +404,49 @@ impl ExecService {
 
     /// Check the request, resolve its session and inputs, then start the run. Everything a
     /// client can get wrong fails here, before any event is sent.
-    pub async fn start(
-        self: &Arc<Self>,
-        req: ExecRequest,
-    ) -> Result<(String, mpsc::Receiver<ExecEvent>), ExecError> {
-        let version = self.process.version(req.language).await?;
+    pub async fn start(self: &Arc<Self>, req: ExecRequest) -> Result<Started, ExecError> {
+        let language = Language::parse(&req.lang)
+            .ok_or_else(|| ExecError::UnsupportedLanguage(req.lang.clone()))?;
+        if req.code.len() as u64 > self.settings.max_code_bytes {
+            return Err(ExecError::CodeTooLarge {
+                size: req.code.len(),
+                limit: self.settings.max_code_bytes,
+            });
+        }
+        let version = self.process.version(language).await?;
         let inputs = self.resolve_inputs(&req).await?;
         let session = self.resolve_session(&req).await?;
-        if req.language == Language::Python {
+        if language == Language::Python {
             self.python.check_room(&session.id).await?;
         }
         let (tx, rx) = mpsc::channel(256);
+        let token = CancellationToken::new();
         let service = Arc::clone(self);
         let session_id = session.id.clone();
+        let run_token = token.clone();
         tokio::spawn(async move {
-            let (language, sid) = (req.language, session.id.clone());
+            let sid = session.id.clone();
             let started = Instant::now();
             let result = service
-                .run(req, session, version.clone(), inputs, &tx)
+                .run(
+                    req,
+                    language,
+                    session,
+                    version.clone(),
+                    inputs,
+                    run_token,
+                    &tx,
+                )
                 .await;
             let done = result.unwrap_or_else(|err| {
-                // A failure of ours still ends with a result the client can show.
-                tracing::error!(error = %err, "run failed");
-                let message = "The server could not complete this run; try again.".to_owned();
+                let message = match err {
+                    ExecError::SessionNotFound => err.to_string(),
+                    err => {
+                        // A failure of ours still ends with a result the client can show.
+                        tracing::error!(error = %err, "run failed");
+                        "The server could not complete this run; try again.".to_owned()
+                    }
+                };
                 ExecResult {
                     session_id: sid,
                     language,
@@ -380,24 +469,121 @@ impl ExecService {
             });
             let _ = tx.send(ExecEvent::Done(Box::new(done))).await;
         });
-        Ok((session_id, rx))
+        Ok(Started {
+            session_id,
+            events: rx,
+            handle: RunHandle { token },
+        })
     }
 
+    /// The session if `tenant` owns it.
+    async fn owned(&self, tenant: &Tenant, session_id: &str) -> Result<Session, ExecError> {
+        if !is_valid_id(session_id) {
+            return Err(ExecError::SessionNotFound);
+        }
+        self.store
+            .session(tenant, session_id)
+            .await?
+            .ok_or(ExecError::SessionNotFound)
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancel the run that holds the session's turn, if any.
+    fn cancel_active(&self, session_id: &str) {
+        if let Some(run) = self.lock_active().get(session_id) {
+            run.token.cancel();
+        }
+    }
+
+    /// Interrupt what the session runs now: a Python cell gets `KeyboardInterrupt` (the
+    /// kernel's state is kept), a one-shot program is stopped. False when nothing ran.
+    pub async fn interrupt(&self, tenant: &Tenant, session_id: &str) -> Result<bool, ExecError> {
+        self.owned(tenant, session_id).await?;
+        let running = self
+            .lock_active()
+            .get(session_id)
+            .map(|r| (r.language, r.token.clone()));
+        Ok(match running {
+            Some((Language::Python, _)) => self.python.interrupt(session_id).await,
+            Some((_, token)) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Restart the session's Python kernel (state lost, files kept): the running run, if
+    /// any, is cancelled, then the restart takes the session's turn. False when the session
+    /// had no kernel.
+    pub async fn restart(&self, tenant: &Tenant, session_id: &str) -> Result<bool, ExecError> {
+        self.owned(tenant, session_id).await?;
+        self.cancel_active(session_id);
+        let _turn = self.turns.take(session_id).await;
+        Ok(self.python.restart(session_id))
+    }
+
+    /// End a session: its run is cancelled, its kernel stopped, then its files and metadata
+    /// are deleted, in its turn. False when `tenant` has no such session.
+    pub async fn delete_session(
+        &self,
+        tenant: &Tenant,
+        session_id: &str,
+    ) -> Result<bool, ExecError> {
+        if !is_valid_id(session_id) || self.store.session(tenant, session_id).await?.is_none() {
+            return Ok(false);
+        }
+        self.cancel_active(session_id);
+        let _turn = self.turns.take(session_id).await;
+        self.python.forget(session_id);
+        Ok(self.store.delete_session(tenant, session_id).await?)
+    }
+
+    /// Delete sessions idle for longer than `ttl` (and stop their kernels), checking often
+    /// enough that a session never outlives its TTL by more than a quarter of it.
+    pub fn spawn_expiry(self: &Arc<Self>, ttl: Duration) -> tokio::task::JoinHandle<()> {
+        let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.store.expire_idle_sessions(ttl).await {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(count = gone.len(), "expired idle sessions");
+                        for id in &gone {
+                            this.cancel_active(id);
+                            this.python.forget(id);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "session expiry failed"),
+                }
+            }
+        })
+    }
+
+    /// The one policy for every entry point: the named session when the tenant owns it;
+    /// otherwise (none named, or unknown, expired or another tenant's, treated alike) the
+    /// latest session of the request's owner labels; otherwise a new one. Never a hint
+    /// that someone else's session exists.
     async fn resolve_session(&self, req: &ExecRequest) -> Result<Session, ExecError> {
         if let Some(sid) = req.session_id.as_deref().filter(|s| is_valid_id(s))
             && let Some(s) = self.store.session(&req.tenant, sid).await?
         {
             return Ok(s);
         }
-        if req.session_id.is_none()
-            && let Some(s) = self
-                .store
-                .latest_session_for(&req.tenant, &req.owner)
-                .await?
+        if let Some(s) = self
+            .store
+            .latest_session_for(&req.tenant, &req.owner)
+            .await?
         {
             return Ok(s);
         }
-        // Unknown, expired or another tenant's: a new session, never a hint that it exists.
         Ok(self.store.create_session(&req.tenant, &req.owner).await?)
     }
 
@@ -442,21 +628,46 @@ impl ExecService {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         req: ExecRequest,
+        language: Language,
         session: Session,
         version: String,
         inputs: Vec<(FileRef, FileName, FileMeta)>,
+        cancel: CancellationToken,
         tx: &mpsc::Sender<ExecEvent>,
     ) -> Result<ExecResult, ExecError> {
-        let turn = self.turns.lock_for(&session.id);
-        let _turn = turn.lock().await;
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|e| ExecError::Internal(e.to_string()))?;
+        let queued = Instant::now();
+        let wait = async {
+            let turn = self.turns.take(&session.id).await;
+            let slot = Arc::clone(&self.slots).acquire_owned().await;
+            (turn, slot)
+        };
+        let (_turn, slot) = tokio::select! {
+            got = wait => got,
+            _ = cancel.cancelled() => {
+                return Ok(cancelled_before_start(session.id, language, version, queued.elapsed()));
+            }
+        };
+        let _slot = slot.map_err(|e| ExecError::Internal(e.to_string()))?;
+        // A delete may have taken the turn before us: the session is gone.
+        self.owned(&req.tenant, &session.id).await?;
+        let run_id = new_id();
+        self.lock_active().insert(
+            session.id.clone(),
+            ActiveRun {
+                run_id: run_id.clone(),
+                language,
+                token: cancel.clone(),
+            },
+        );
+        let _active = Active {
+            table: &self.active,
+            session_id: session.id.clone(),
+            run_id: run_id.clone(),
+        };
 
         // Place the inputs (a copy; a file already at its place in this session stays).
         let mut placed: Vec<(FileRef, FileMeta, FileMeta)> = Vec::with_capacity(inputs.len());
@@ -482,10 +693,9 @@ impl ExecService {
             .timeout
             .unwrap_or(Duration::MAX)
             .min(Duration::from_secs(self.settings.execution_timeout));
-        let run_id = new_id();
         let (run_tx, mut run_rx) = mpsc::channel::<RunEvent>(64);
         let run_req = RunRequest {
-            language: req.language,
+            language,
             code: &req.code,
             args: &req.args,
             workspace: &workspace,
@@ -494,6 +704,7 @@ impl ExecService {
             max_output_bytes: self.settings.max_output_bytes,
             disk_quota: self.settings.session_disk_quota_bytes(),
             run_id: &run_id,
+            cancel: cancel.clone(),
         };
 
         let mut output = Output::new(
@@ -510,7 +721,7 @@ impl ExecService {
             }
         };
         let execute = async {
-            let outcome = match req.language {
+            let outcome = match language {
                 Language::Python => {
                     let had_kernel = self.store.note_kernel(&session.id).await?;
                     self.python
@@ -521,6 +732,7 @@ impl ExecService {
                             &req.code,
                             &req.args,
                             timeout,
+                            &cancel,
                             &run_tx,
                         )
                         .await
@@ -576,7 +788,7 @@ impl ExecService {
         }
         Ok(ExecResult {
             session_id: session.id,
-            language: req.language,
+            language,
             version,
             stdout: out_text,
             stderr: err_text,
@@ -653,6 +865,35 @@ impl ExecService {
             modified_from: None,
         }));
         Ok((files, deleted_files, truncated))
+    }
+}
+
+/// The result of a run cancelled while it waited for its turn: it never started.
+fn cancelled_before_start(
+    session_id: String,
+    language: Language,
+    version: String,
+    waited: Duration,
+) -> ExecResult {
+    let message = runtime::CANCELLED_MESSAGE.to_owned();
+    ExecResult {
+        session_id,
+        language,
+        version,
+        stdout: String::new(),
+        stderr: format!("[sandbox] {message}\n"),
+        outcome: RunOutcome {
+            status: RunStatus::Killed,
+            exit_code: None,
+            signal: None,
+            message: Some(message),
+            wall_time: waited,
+            cpu_time: None,
+            peak_memory: None,
+        },
+        files: Vec::new(),
+        deleted_files: Vec::new(),
+        truncated_files: None,
     }
 }
 

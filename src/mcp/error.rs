@@ -77,9 +77,13 @@ impl From<ExecError> for ToolError {
             e @ ExecError::Unavailable(_) => ToolError::Failed(format!(
                 "{e} Call list_runtimes to see which languages are installed."
             )),
-            e @ (ExecError::InputMissing(_) | ExecError::Busy(_)) => {
-                ToolError::Failed(e.to_string())
-            }
+            // A language the server lacks is something the model can fix: an error result,
+            // not a protocol error.
+            e @ (ExecError::InputMissing(_)
+            | ExecError::Busy(_)
+            | ExecError::UnsupportedLanguage(_)
+            | ExecError::SessionNotFound) => ToolError::Failed(e.to_string()),
+            e @ ExecError::CodeTooLarge { .. } => ToolError::BadArguments(e.to_string()),
             ExecError::Store(e) => e.into(),
             ExecError::Internal(message) => ToolError::Internal(message),
         }

@@ -5,7 +5,6 @@
 //! run that prints in a tight loop does not turn into a notification per line, and a run
 //! shorter than that sends none at all (it costs nothing over a plain request).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{ProgressNotificationParam, ProgressToken};
@@ -15,8 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::error::{ToolError, ToolResult};
-use crate::exec::{ExecEvent, ExecResult, ExecService};
-use crate::runtime::Language;
+use crate::exec::{ExecEvent, ExecResult};
 
 /// How often buffered output goes out as notifications, and progress is reported.
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(500);
@@ -27,10 +25,6 @@ const LOGGED_BYTES_PER_RUN: usize = 256 * 1024;
 /// A notification the client does not take within this long turns feedback off for the run,
 /// so a client that stopped reading cannot stall the run's output.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
-/// After a cancellation, how often the kernel is interrupted again until the cell stops.
-const INTERRUPT_EVERY: Duration = Duration::from_millis(500);
-/// Interrupts sent before giving up; the run then ends at its own timeout.
-const INTERRUPT_ATTEMPTS: u32 = 20;
 
 /// Where a run's output goes while it streams.
 pub struct Feedback {
@@ -157,8 +151,8 @@ pub enum Followed {
         result: Box<ExecResult>,
         images: Vec<DisplayImage>,
     },
-    /// The request was cancelled; the events of the run still going.
-    Cancelled(mpsc::Receiver<ExecEvent>),
+    /// The request was cancelled.
+    Cancelled,
 }
 
 /// Follow a run to its end, or until the request is cancelled.
@@ -173,7 +167,7 @@ pub async fn follow(
     loop {
         tokio::select! {
             biased;
-            _ = ctx.ct.cancelled() => return Ok(Followed::Cancelled(events)),
+            _ = ctx.ct.cancelled() => return Ok(Followed::Cancelled),
             event = events.recv() => match event {
                 Some(ExecEvent::Stdout(text)) => feedback.output(true, &text),
                 Some(ExecEvent::Stderr(text)) => feedback.output(false, &text),
@@ -205,42 +199,6 @@ fn display_image(data: &serde_json::Value) -> Option<DisplayImage> {
     };
     let base64 = base64.chars().filter(|c| !c.is_whitespace()).collect();
     Some(((*mime).to_owned(), base64))
-}
-
-/// Stop a run whose request was cancelled (`notifications/cancelled`, or under 2026-07-28 the
-/// client dropping the request), without making the client wait for it. A Python cell is
-/// interrupted, again every [`INTERRUPT_EVERY`] until the run ends, in case it had not reached
-/// the kernel yet; the interrupt goes to whatever the session's kernel runs, so a run still
-/// queued behind another request's cell in the same session interrupts that cell. A one-shot
-/// program cannot be stopped from here: it runs on, its output unread, until it exits or
-/// reaches its timeout.
-pub fn stop(
-    exec: Arc<ExecService>,
-    language: Language,
-    session_id: String,
-    mut events: mpsc::Receiver<ExecEvent>,
-) {
-    if language != Language::Python {
-        return;
-    }
-    tokio::spawn(async move {
-        for _ in 0..INTERRUPT_ATTEMPTS {
-            exec.python().interrupt(&session_id).await;
-            let done = tokio::time::timeout(INTERRUPT_EVERY, async {
-                while let Some(event) = events.recv().await {
-                    if matches!(event, ExecEvent::Done(_)) {
-                        return;
-                    }
-                }
-            })
-            .await;
-            if done.is_ok() {
-                tracing::info!(session = %session_id, "cancelled run interrupted");
-                return;
-            }
-        }
-        tracing::warn!(session = %session_id, "a cancelled run ignored its interrupts; it ends at its timeout");
-    });
 }
 
 #[cfg(test)]

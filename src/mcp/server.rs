@@ -32,7 +32,7 @@ use super::run::{self, Feedback, Followed};
 use super::wire::*;
 use super::{Backend, MAX_INLINE_BYTES, uri};
 use crate::exec::ExecRequest;
-use crate::runtime::{self, Language};
+use crate::runtime::Language;
 use crate::session::{SessionOwner, Tenant, is_valid_id, new_id};
 use crate::store::{BodyStream, FileMeta, FileName, FileOrigin, NewFile, Session};
 
@@ -290,22 +290,6 @@ impl McpServer {
         let args: ExecuteCodeArgs = arguments("execute_code", params)?;
         let tenant = self.tenant(ctx)?;
         let settings = &self.backend.settings;
-        // A language the server lacks is something the model can fix: an error result (as
-        // issue 6 asks), not a protocol error.
-        let language = Language::parse(&args.language).ok_or_else(|| {
-            ToolError::Failed(format!(
-                "Unsupported language '{}'; use one of: {}.",
-                args.language.escape_debug(),
-                runtime::SUPPORTED
-            ))
-        })?;
-        if args.code.len() as u64 > settings.max_code_bytes {
-            return Err(ToolError::BadArguments(format!(
-                "'code' is {} bytes; this server takes at most {} bytes.",
-                args.code.len(),
-                settings.max_code_bytes
-            )));
-        }
         let timeout = match args.timeout {
             None => None,
             Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(
@@ -317,47 +301,42 @@ impl McpServer {
                 ));
             }
         };
-        let mut notes = Vec::new();
-        let session = match given(args.session_id) {
-            None => self.conversation_session(&tenant).await?,
-            Some(sid) => match self.owned_session(&tenant, &sid).await? {
-                Some(session) => session,
-                None => {
-                    let session = self.conversation_session(&tenant).await?;
-                    notes.push(format!(
-                        "Session {sid} was not found (it may have expired): the code ran in \
-                         session {} instead, without that session's variables and files.",
-                        session.id
-                    ));
-                    session
-                }
-            },
+        // Without a named session the conversation's own is used; a named one that is not
+        // found falls back to it too (ExecService's one policy), and the result says so.
+        let asked = given(args.session_id);
+        let session_id = match &asked {
+            Some(sid) => Some(sid.clone()),
+            None => Some(self.conversation_session(&tenant).await?.id),
         };
         let request = ExecRequest {
             tenant: tenant.clone(),
-            language,
+            lang: args.language,
             code: args.code,
             args: args.args.unwrap_or_default(),
-            session_id: Some(session.id),
+            session_id,
             owner: self.conversation.owner.clone(),
             files: Vec::new(),
             timeout,
         };
-        let (session_id, events) = self.backend.exec.start(request).await?;
+        let started = self.backend.exec.start(request).await?;
+        let session_id = started.session_id;
         self.remember(&tenant, &session_id);
+        let mut notes = Vec::new();
+        if let Some(sid) = asked.filter(|sid| *sid != session_id) {
+            notes.push(format!(
+                "Session {sid} was not found (it may have expired): the code ran in session \
+                 {session_id} instead, without that session's variables and files."
+            ));
+        }
         let feedback = Feedback::new(ctx, self.log_output(ctx));
-        match run::follow(events, ctx, feedback).await? {
+        match run::follow(started.events, ctx, feedback).await? {
             Followed::Finished { result, images } => {
                 render::exec_result(&*self.backend.store, &result, images, notes).await
             }
-            Followed::Cancelled(events) => {
-                run::stop(Arc::clone(&self.backend.exec), language, session_id, events);
-                Err(ToolError::Failed(if language == Language::Python {
-                    "Cancelled: the Python cell was interrupted.".into()
-                } else {
-                    "Cancelled: the program runs on, unread, until it exits or reaches its timeout."
-                        .into()
-                }))
+            Followed::Cancelled => {
+                // The client asked to stop (or went away): stop the run, whatever it is.
+                started.handle.cancel();
+                Err(ToolError::Failed("Cancelled: the run was stopped.".into()))
             }
         }
     }
@@ -599,7 +578,7 @@ impl McpServer {
         let args: SessionArgs = arguments("reset_session", params)?;
         let tenant = self.tenant(ctx)?;
         let session = self.session(&tenant, &args.session_id).await?;
-        let restarted = self.backend.exec.python().restart(&session.id);
+        let restarted = self.backend.exec.restart(&tenant, &session.id).await?;
         let message = if restarted {
             "The Python kernel was shut down: the next Python call starts a fresh one, without \
              the old variables. Files in /mnt/data are kept."

@@ -122,6 +122,9 @@ pub enum RunEvent {
     },
 }
 
+/// What a run stopped by its client (a cancellation, a disconnect) says.
+pub const CANCELLED_MESSAGE: &str = "The run was cancelled before it finished.";
+
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
     pub status: RunStatus,

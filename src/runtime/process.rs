@@ -17,6 +17,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::{HOME, Job, Limits, Mount, Process, Sandbox};
@@ -57,6 +58,8 @@ pub struct RunRequest<'a> {
     pub max_output_bytes: u64,
     pub disk_quota: Option<u64>,
     pub run_id: &'a str,
+    /// Cancelled: the whole process tree is killed.
+    pub cancel: CancellationToken,
 }
 
 /// How a language turns source into a running program.
@@ -75,6 +78,7 @@ enum Stop {
     Processes,
     Disk,
     Output(&'static str),
+    Cancelled,
 }
 
 impl ProcessRuntime {
@@ -595,6 +599,7 @@ impl ProcessRuntime {
         let (tx, mut rx) = mpsc::channel(64);
         let build_req = RunRequest {
             disk_quota: None,
+            cancel: req.cancel.clone(),
             ..*req
         };
         let forward = {
@@ -679,6 +684,10 @@ async fn supervise(
                 stop = Some(Stop::Timeout);
                 process.kill_tree();
             }
+            _ = req.cancel.cancelled(), if stop.is_none() => {
+                stop = Some(Stop::Cancelled);
+                process.kill_tree();
+            }
             Some(stream) = overflow_rx.recv(), if stop.is_none() => {
                 stop = Some(Stop::Output(stream));
                 process.kill_tree();
@@ -726,6 +735,7 @@ async fn supervise(
                 req.timeout.as_secs_f64()
             )),
         ),
+        (Some(Stop::Cancelled), _) => (RunStatus::Killed, Some(super::CANCELLED_MESSAGE.into())),
         (_, true) => (
             RunStatus::Killed,
             Some(format!(

@@ -293,6 +293,58 @@ async def test_cancelling_a_request_stops_the_run(connect):
         assert int(again.structured_content["stdout"]) == count
 
 
+def processes_with(marker: str) -> list[int]:
+    """Host processes whose command line holds `marker` (the server runs as root here, or as
+    the same user as the sandboxes' launcher, so every /proc/<pid>/cmdline is readable)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+SLEEPERS = {
+    "bash": "echo started; sleep 600",
+    "javascript": "console.log('started'); setTimeout(() => {}, 600000);",
+    "go": 'package main\nimport ("fmt"; "time")\nfunc main() { fmt.Println("started"); time.Sleep(10 * time.Minute) }\n',
+}
+
+
+@pytest.mark.parametrize("language", sorted(SLEEPERS))
+async def test_cancelling_a_one_shot_run_kills_its_processes(connect, language):
+    marker = f"cancel-me-{language}-{os.getpid()}-{time.monotonic_ns()}"
+    async with connect() as (session, _):
+        made = await run(session, "echo ready", language="bash")
+        sid = made.structured_content["session_id"]
+        scope = anyio.CancelScope()
+
+        async def call():
+            with scope:
+                await run(session, SLEEPERS[language], language=language, session_id=sid, args=[marker])
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(call)
+            # Cancel only once the program runs (a first Go build may take seconds).
+            deadline = time.monotonic() + 90
+            while not processes_with(marker) and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+            assert processes_with(marker), "the program never started"
+            scope.cancel()
+        assert scope.cancelled_caught
+        deadline = time.monotonic() + 15
+        while processes_with(marker) and time.monotonic() < deadline:
+            await anyio.sleep(0.1)
+        assert processes_with(marker) == [], "the cancelled program is still running"
+        after = await run(session, "echo next", language="bash", session_id=sid, wait=30)
+        assert after.structured_content["stdout"] == "next\n"
+
+
 async def test_reset_session_restarts_the_kernel_and_keeps_files(connect):
     async with connect() as (session, _):
         made = await run(session, "y = 7\nopen('kept.txt', 'w').write('still here')")

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket};
 
 use super::wire::{Codec, Message};
@@ -222,7 +223,11 @@ impl Kernel {
         kernel.wait_ready(started).await?;
         let (tx, _rx) = mpsc::channel(16);
         let deadline = Instant::now() + START_TIMEOUT;
-        if kernel.execute(STARTUP, true, deadline, &tx).await? != (CellEnd::Finished { ok: true }) {
+        if kernel
+            .execute(STARTUP, true, deadline, &CancellationToken::new(), &tx)
+            .await?
+            != (CellEnd::Finished { ok: true })
+        {
             tracing::warn!("the kernel start-up code failed; saved figures may also be displayed");
         }
         Ok(kernel)
@@ -380,13 +385,15 @@ impl Kernel {
             .map_err(|_| KernelError::Gone)
     }
 
-    /// Run one cell, sending its output to `events` as it comes. At `deadline` the cell is
-    /// interrupted; if it does not stop within the grace period the kernel is killed.
+    /// Run one cell, sending its output to `events` as it comes. At `deadline`, or when
+    /// `stop` is cancelled, the cell is interrupted; if it does not stop within the grace
+    /// period the kernel is killed.
     pub async fn execute(
         &self,
         code: &str,
         silent: bool,
         deadline: Instant,
+        stop: &CancellationToken,
         events: &mpsc::Sender<KernelEvent>,
     ) -> Result<CellEnd, KernelError> {
         let content = json!({
@@ -443,6 +450,10 @@ impl Kernel {
                             None => CellEnd::Finished { ok },
                         };
                     }
+                }
+                _ = stop.cancelled(), if interrupted_at.is_none() => {
+                    interrupted_at = Some(Instant::now());
+                    let _ = self.interrupt().await;
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     if interrupted_at.is_none() {

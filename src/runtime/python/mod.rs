@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::process::ProcessRuntime;
 use super::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::{Limits, Sandbox};
+use crate::session::SessionTurns;
 use kernel::{CellEnd, Kernel, KernelEvent, KernelSpec};
 
 #[derive(Debug, Clone)]
@@ -55,6 +57,8 @@ pub struct PythonRuntime {
     sockets_root: PathBuf,
     pool_dir: PathBuf,
     settings: PythonSettings,
+    /// Sessions' turns: a kernel is evicted or reaped only while its session's turn is free.
+    turns: Arc<SessionTurns>,
     live: Mutex<HashMap<String, Arc<LiveKernel>>>,
     pool: Mutex<Vec<Pooled>>,
     starting: AtomicUsize,
@@ -102,12 +106,14 @@ impl PythonRuntime {
         process: Arc<ProcessRuntime>,
         data_dir: &Path,
         settings: PythonSettings,
+        turns: Arc<SessionTurns>,
     ) -> std::io::Result<Arc<Self>> {
         // ipc socket paths must stay short (107 bytes): a fixed root, not DATA_DIR.
         let sockets_root = if rustix::process::geteuid().is_root() {
             PathBuf::from("/run/code-interpreter")
         } else {
-            std::env::temp_dir().join(format!(
+            // Not TMPDIR: the path must stay short, and only `config` reads the environment.
+            PathBuf::from("/tmp").join(format!(
                 "code-interpreter-{}",
                 rustix::process::getuid().as_raw()
             ))
@@ -134,6 +140,7 @@ impl PythonRuntime {
             sockets_root,
             pool_dir,
             settings,
+            turns,
             live: Mutex::default(),
             pool: Mutex::default(),
             starting: AtomicUsize::new(0),
@@ -212,7 +219,9 @@ impl PythonRuntime {
             let (tx, _rx) = mpsc::channel(16);
             let deadline = Instant::now() + Duration::from_secs(120);
             // Best effort: a module that fails to import is simply not preloaded.
-            let _ = kernel.execute(&code, true, deadline, &tx).await;
+            let _ = kernel
+                .execute(&code, true, deadline, &CancellationToken::new(), &tx)
+                .await;
         }
         Ok(Pooled {
             kernel: Box::new(kernel),
@@ -264,6 +273,10 @@ impl PythonRuntime {
             .min_by_key(|(_, k)| *lock(&k.last_used))
             .map(|(sid, _)| sid.clone());
         let Some(sid) = victim else { return false };
+        // Evict only in the session's turn: a run about to use the kernel keeps it.
+        let Some(_turn) = self.turns.try_take(&sid) else {
+            return false;
+        };
         if reserve {
             if let Some(k) = live.remove(&sid) {
                 k.kernel.shutdown();
@@ -359,6 +372,7 @@ impl PythonRuntime {
         code: &str,
         args: &[String],
         timeout: Duration,
+        cancel: &CancellationToken,
         events: &mpsc::Sender<RunEvent>,
     ) -> Result<RunOutcome, PythonError> {
         let started = Instant::now();
@@ -393,7 +407,7 @@ impl PythonRuntime {
                 serde_json::to_string(&argv).unwrap_or_default()
             );
             let (tx, _rx) = mpsc::channel(4);
-            let _ = live.kernel.execute(&set, true, deadline, &tx).await;
+            let _ = live.kernel.execute(&set, true, deadline, cancel, &tx).await;
             *lock(&live.argv) = argv;
         }
 
@@ -459,7 +473,10 @@ impl PythonRuntime {
             }
         };
         let run = async {
-            let end = live.kernel.execute(code, false, deadline, &ktx).await;
+            let end = live
+                .kernel
+                .execute(code, false, deadline, cancel, &ktx)
+                .await;
             drop(ktx);
             end
         };
@@ -469,7 +486,13 @@ impl PythonRuntime {
         let oom = handle.oom_killed();
         let secs = timeout.as_secs_f64();
         let mib = self.settings.limits.memory_bytes.unwrap_or(0) / (1024 * 1024);
+        let cancelled = cancel.is_cancelled();
         let (status, message, lost) = match end {
+            CellEnd::Interrupted | CellEnd::Killed if cancelled => (
+                RunStatus::Killed,
+                Some(super::CANCELLED_MESSAGE.to_owned()),
+                (end == CellEnd::Killed).then_some("the kernel was restarted after a cancelled cell ignored its interrupt"),
+            ),
             _ if overflow.load(Ordering::SeqCst) => (
                 RunStatus::Killed,
                 Some(format!("The cell's output passed the limit of {cap} bytes and it was interrupted.")),
@@ -583,6 +606,9 @@ impl PythonRuntime {
                     .map(|(sid, _)| sid.clone())
                     .collect();
                 for sid in idle {
+                    let Some(_turn) = this.turns.try_take(&sid) else {
+                        continue;
+                    };
                     if let Some(k) = lock(&this.live).remove(&sid) {
                         k.kernel.shutdown();
                     }

@@ -1,0 +1,134 @@
+//! The invariants of ARCHITECTURE.md that a reading of the source can check. Each test names
+//! the invariant it guards; a failure names the file and line that broke it.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn src(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(rel)
+}
+
+/// Lines of the given modules (files or directories under src/) that contain any of
+/// `needles`, outside comments and `#[cfg(test)]` modules.
+fn offending(modules: &[&str], needles: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for module in modules {
+        let path = src(module);
+        let files = if path.is_dir() {
+            rust_files(&path)
+        } else {
+            vec![path]
+        };
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("#[cfg(test)]") {
+                    break;
+                }
+                if code.starts_with("//") {
+                    continue;
+                }
+                if let Some(needle) = needles.iter().find(|needle| line.contains(*needle)) {
+                    let rel = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
+                    found.push(format!("{}:{}: {needle}", rel.display(), n + 1));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn only_api_and_mcp_know_http_and_mcp() {
+    let found = offending(
+        &["exec", "runtime", "sandbox", "store", "session.rs"],
+        &[
+            "axum",
+            "rmcp",
+            "StatusCode",
+            "http::",
+            "HeaderMap",
+            "/libraries",
+            "GET /",
+        ],
+    );
+    assert!(
+        found.is_empty(),
+        "HTTP or MCP outside api/mcp:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn only_config_reads_the_environment() {
+    let found = offending(
+        &[
+            "api",
+            "mcp",
+            "exec",
+            "runtime",
+            "sandbox",
+            "store",
+            "session.rs",
+            "doctor.rs",
+            "main.rs",
+        ],
+        &["env::var", "env::vars", "temp_dir()", "env::args"],
+    );
+    assert!(
+        found.is_empty(),
+        "environment read outside config:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_store_and_the_sandbox_know_no_runtime_and_sessions_know_no_store() {
+    let found = offending(
+        &["store", "sandbox", "session.rs"],
+        &["crate::runtime", "crate::exec", "crate::api", "crate::mcp"],
+    );
+    assert!(
+        found.is_empty(),
+        "a lower layer imports a higher one:\n{}",
+        found.join("\n")
+    );
+    let found = offending(&["session.rs"], &["crate::store"]);
+    assert!(
+        found.is_empty(),
+        "session and store import each other:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn only_runtimes_start_sandboxes() {
+    // Every run goes through ExecService, which hands it to a runtime; `doctor` launches one
+    // probe sandbox of its own (no user code).
+    let found = offending(
+        &["api", "mcp", "exec", "store", "session.rs", "main.rs"],
+        &["sandbox.spawn(", ".spawn(&job"],
+    );
+    assert!(
+        found.is_empty(),
+        "a sandbox started outside runtime:\n{}",
+        found.join("\n")
+    );
+}

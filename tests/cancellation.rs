@@ -1,0 +1,312 @@
+//! Every run can be stopped from every entry point, whatever its language: a client that
+//! leaves `/exec/stream` or `/exec`, and `POST /sessions/{id}/interrupt`. A stopped program
+//! leaves no process behind and its session's next call works. (MCP cancellation is tested
+//! with the official SDK in tests/mcp.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{KEY_A, TestServer, exec};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// Programs that print `started` and then sleep for ten minutes.
+const SLEEPERS: &[(&str, &str)] = &[
+    ("bash", "echo started; sleep 600"),
+    (
+        "js",
+        "console.log('started'); setTimeout(() => {}, 600000);",
+    ),
+    (
+        "go",
+        "package main\nimport (\"fmt\"; \"time\")\nfunc main() { fmt.Println(\"started\"); time.Sleep(10 * time.Minute) }\n",
+    ),
+];
+
+/// A marker no other process has in its command line.
+fn marker(what: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("cancel-{what}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// Host processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && cmdline
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn new_session(server: &TestServer) -> String {
+    let (status, body) = exec(server, KEY_A, json!({"lang": "bash", "code": "true"})).await;
+    assert_eq!(status, 200, "{body}");
+    body["session_id"].as_str().unwrap().to_owned()
+}
+
+async fn next_call_works(server: &TestServer, sid: &str) {
+    let (status, body) = exec(
+        server,
+        KEY_A,
+        json!({"lang": "bash", "code": "echo next", "session_id": sid}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["session_id"], sid);
+    assert_eq!(body["stdout"], "next\n", "{body}");
+}
+
+/// Read SSE frames until one carries stdout containing `text`.
+async fn read_until_stdout(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    text: &str,
+) {
+    let mut seen = String::new();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        for line in seen.lines() {
+            if let Some(data) = line.strip_prefix("data: ")
+                && let Ok(frame) = serde_json::from_str::<Value>(data)
+                && frame["type"] == "stream"
+                && frame["text"].as_str().unwrap_or_default().contains(text)
+            {
+                return;
+            }
+        }
+    }
+    panic!("the stream ended before {text:?}: {seen}");
+}
+
+#[tokio::test]
+async fn a_stream_client_that_leaves_stops_bash_node_and_go_programs() {
+    let server = TestServer::start(&[]).await;
+    for (lang, code) in SLEEPERS {
+        let sid = new_session(&server).await;
+        let mark = marker(lang);
+        let resp = server
+            .client
+            .post(server.url("/v1/exec/stream"))
+            .header("x-api-key", KEY_A)
+            .json(&json!({"lang": lang, "code": code, "session_id": sid, "args": [mark]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut stream = resp.bytes_stream();
+        read_until_stdout(&mut stream, "started").await;
+        assert!(!processes_with(&mark).is_empty(), "{lang} is not running");
+        drop(stream);
+        wait_until(&format!("{lang} to be stopped"), || {
+            processes_with(&mark).is_empty()
+        })
+        .await;
+        next_call_works(&server, &sid).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_client_that_leaves_interrupts_a_python_cell_and_keeps_its_state() {
+    let server = TestServer::start(&[("KERNEL_POOL_SIZE", "1")]).await;
+    let (status, body) = exec(&server, KEY_A, json!({"lang": "py", "code": "x = 41"})).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_owned();
+    let resp = server
+        .client
+        .post(server.url("/v1/exec/stream"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({
+            "lang": "py", "session_id": sid,
+            "code": "import time\nprint('started', flush=True)\ntime.sleep(600)",
+        }))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    read_until_stdout(&mut stream, "started").await;
+    drop(stream);
+    // Were the cell still sleeping, this call would wait behind it for ten minutes.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let resp = client
+        .post(server.url("/v1/exec"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({"lang": "py", "code": "print(x + 1)", "session_id": sid}))
+        .send()
+        .await
+        .expect("the cancelled cell no longer holds the session");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["stdout"], "42\n", "{body}");
+    assert_eq!(body["stderr"], "", "the state was kept: {body}");
+}
+
+#[tokio::test]
+async fn an_exec_client_that_leaves_stops_its_program() {
+    let server = TestServer::start(&[]).await;
+    let sid = new_session(&server).await;
+    let mark = marker("exec");
+    let client = reqwest::Client::new();
+    let call = client
+        .post(server.url("/v1/exec"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({"lang": "bash", "code": "sleep 600", "session_id": sid, "args": [mark]}))
+        .send();
+    let watch = async {
+        wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
+    };
+    tokio::select! {
+        _ = call => panic!("a ten-minute program answered"),
+        _ = watch => {}
+    }
+    // The request future is dropped: the client has gone.
+    wait_until("the program to be stopped", || {
+        processes_with(&mark).is_empty()
+    })
+    .await;
+    next_call_works(&server, &sid).await;
+}
+
+#[tokio::test]
+async fn with_cancel_on_disconnect_off_a_left_program_runs_on() {
+    let server = TestServer::start(&[("STREAM_CANCEL_ON_DISCONNECT", "false")]).await;
+    let sid = new_session(&server).await;
+    let mark = marker("keep");
+    let resp = server
+        .client
+        .post(server.url("/v1/exec/stream"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({"lang": "bash", "code": "echo started; sleep 3", "session_id": sid, "args": [mark]}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    read_until_stdout(&mut stream, "started").await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !processes_with(&mark).is_empty(),
+        "the program was stopped although STREAM_CANCEL_ON_DISCONNECT is off"
+    );
+    // It ends by itself and the session goes on.
+    next_call_works(&server, &sid).await;
+}
+
+#[tokio::test]
+async fn interrupt_stops_a_one_shot_program_and_reports_it() {
+    let server = TestServer::start(&[]).await;
+    let sid = new_session(&server).await;
+    let mark = marker("interrupt");
+    let body = json!({"lang": "bash", "code": "sleep 600", "session_id": sid, "args": [mark]});
+    let run = {
+        let client = server.client.clone();
+        let url = server.url("/v1/exec");
+        tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .header("x-api-key", KEY_A)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            resp.json::<Value>().await.unwrap()
+        })
+    };
+    wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
+    let resp = server
+        .client
+        .post(server.url(&format!("/v1/sessions/{sid}/interrupt")))
+        .header("x-api-key", KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let action: Value = resp.json().await.unwrap();
+    assert_eq!(action["applied"], true, "{action}");
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the interrupted run answers")
+        .unwrap();
+    common::assert_stopped(&result, "killed", "cancelled");
+    assert!(processes_with(&mark).is_empty());
+    next_call_works(&server, &sid).await;
+    // Nothing runs now: an interrupt has nothing to act on.
+    let idle: Value = server
+        .client
+        .post(server.url(&format!("/v1/sessions/{sid}/interrupt")))
+        .header("x-api-key", KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(idle["applied"], false, "{idle}");
+}
+
+#[tokio::test]
+async fn deleting_a_session_stops_its_run_first() {
+    let server = TestServer::start(&[]).await;
+    let sid = new_session(&server).await;
+    let mark = marker("delete");
+    let body = json!({"lang": "bash", "code": "while true; do date > ticks.txt; sleep 0.05; done", "session_id": sid, "args": [mark]});
+    let run = {
+        let client = server.client.clone();
+        let url = server.url("/v1/exec");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("x-api-key", KEY_A)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
+    let resp = server
+        .delete(&format!("/v1/sessions/{sid}"), KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        processes_with(&mark).is_empty(),
+        "the run outlived its session"
+    );
+    assert!(
+        !server.data_dir.join("sessions").join(&sid).exists(),
+        "the workspace is still on disk"
+    );
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run answers")
+        .unwrap();
+    assert_eq!(result["run"]["status"], "killed", "{result}");
+}
