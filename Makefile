@@ -1,11 +1,16 @@
 # The two commands a user needs: `make run` (install what is missing, build, serve on
-# port 8000) and `make test` (install what is missing, run every test).
+# port 8000) and `make test` (install what is missing, run every test). `make help` lists
+# the rest. Every target installs what it needs first, through scripts/bootstrap.
 
 RUNTIME_DIR ?= /opt/code-interpreter
 export RUNTIME_DIR
 BIN := target/release/code-interpreter
+DEBUG_BIN := target/debug/code-interpreter
 
 PYTHON := $(RUNTIME_DIR)/python/bin/python
+# The cargo to build with: the one on PATH when it is 1.85 or newer, else Debian's
+# cargo-web, which scripts/bootstrap installs. Expanded when a recipe runs, after bootstrap.
+CARGO = $(shell scripts/find-cargo 2>/dev/null || echo cargo)
 # As root the server runs user code as uid 65534, which must reach DATA_DIR by path:
 # a system directory works wherever the checkout is (a home directory is often 0700).
 ifeq ($(shell id -u),0)
@@ -14,32 +19,55 @@ else
 RUN_DATA_DIR ?= data
 endif
 
-.PHONY: run test bench lint bootstrap build check-rust
+.PHONY: help install bootstrap run dev test lint format-check typecheck openapi bench \
+	build build-debug check-rust
 
-run: bootstrap build
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: bootstrap ## Install every runtime, package and tool the server needs (scripts/bootstrap)
+
+run: bootstrap build ## Build the release binary and serve on 127.0.0.1:8000
 	DATA_DIR=$${DATA_DIR:-$(RUN_DATA_DIR)} ./$(BIN) serve
 
-test: bootstrap check-rust
-	cargo test --locked
+dev: bootstrap build-debug ## Debug build, served with debug logs and request logging
+	DATA_DIR=$${DATA_DIR:-$(RUN_DATA_DIR)} LOG_LEVEL=$${LOG_LEVEL:-code_interpreter=debug,info} \
+		LOG_REQUESTS=$${LOG_REQUESTS:-true} ./$(DEBUG_BIN) serve
+
+test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, benchmark smoke
+	$(CARGO) test --locked
 	tests/mcp/run.sh -q
-	CODE_INTERPRETER_BIN=target/debug/code-interpreter e2e/librechat/run.sh
+	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/librechat/run.sh
 	# One smoke run of every benchmark scenario, so the harness cannot rot (no timing goals).
-	BENCH_BINARY=target/debug/code-interpreter $(PYTHON) bench/run.py --quick --out target/bench-smoke
+	BENCH_BINARY=$(DEBUG_BIN) $(PYTHON) bench/run.py --quick --out target/bench-smoke
+
+lint: check-rust ## Formatting and clippy
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+format-check: check-rust ## Check formatting only (cargo fmt --check)
+	$(CARGO) fmt --all -- --check
+
+typecheck: check-rust ## Type-check every target without building (cargo check --all-targets)
+	$(CARGO) check --all-targets --locked
+
+openapi: check-rust ## Write openapi.json from the code (a test fails when it is stale)
+	$(CARGO) run --locked --quiet -- openapi > openapi.json.tmp
+	mv openapi.json.tmp openapi.json
 
 # Benchmarks against baselines measured in the same run (QUICK=1: a smoke run).
-bench: bootstrap check-rust
+bench: bootstrap check-rust ## Benchmarks against same-run baselines (QUICK=1 for a smoke run)
 	$(PYTHON) bench/run.py $(if $(filter 1 true yes,$(QUICK)),--quick)
 
-lint: check-rust
-	cargo fmt --all -- --check
-	cargo clippy --all-targets --locked -- -D warnings
-
-bootstrap:
+bootstrap: ## Same as install
 	scripts/bootstrap
 
-build: check-rust
-	cargo build --release --locked
+build: check-rust ## Build the release binary (target/release)
+	$(CARGO) build --release --locked
+
+build-debug: check-rust ## Build the debug binary (target/debug)
+	$(CARGO) build --locked
 
 # The server is built from source: it needs Rust 1.85 or newer (edition 2024).
-check-rust:
-	@command -v cargo >/dev/null || { echo "make: cargo is missing; install Rust 1.85+ with rustup (https://rustup.rs)" >&2; exit 1; }
+check-rust: ## Check that a cargo >= 1.85 is there (scripts/find-cargo)
+	@scripts/find-cargo >/dev/null

@@ -25,6 +25,11 @@ pub enum Command {
     Doctor,
     /// Speak MCP on stdin/stdout (for Claude Desktop and other local clients); logs go to stderr.
     Mcp,
+    /// Print the OpenAPI document (`servers` from `PUBLIC_BASE_URL`) on stdout.
+    Openapi,
+    /// Ask the server on `PORT` whether it is ready (`/health?ready=1`); exit 0 when it is.
+    /// The container image's health check.
+    Healthcheck,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

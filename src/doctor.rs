@@ -126,29 +126,11 @@ fn launch_sandbox(settings: &Settings) -> Result<String, String> {
         state_dir: state.path().join("sandbox"),
     })
     .map_err(|e| e.to_string())?;
-    let job = crate::sandbox::Job {
-        argv: vec!["/bin/true".into()],
-        limits: crate::sandbox::Limits {
-            memory_bytes: Some(64 * 1024 * 1024),
-            processes: Some(16),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let status = runtime.block_on(async {
-        let process = sandbox.spawn(&job, "doctor").map_err(|e| e.to_string())?;
-        let (mut child, handle) = process.into_parts();
-        let status = child.wait().await.map_err(|e| e.to_string());
-        drop(handle);
-        status
-    })?;
-    if !status.success() {
-        return Err(format!("a sandboxed `true` failed ({status})"));
-    }
+    runtime.block_on(sandbox.self_test("doctor"))?;
     let iso = sandbox.isolation();
     Ok(format!(
         "{}{}, cgroup limits {}, seccomp {}, network {}",

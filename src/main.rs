@@ -4,7 +4,9 @@ mod api;
 mod config;
 mod doctor;
 mod exec;
+mod healthcheck;
 mod mcp;
+mod readiness;
 mod runtime;
 mod sandbox;
 mod session;
@@ -56,6 +58,14 @@ fn main() {
         Command::Doctor => std::process::exit(doctor::run(&cli.settings)),
         Command::Serve => serve(cli.settings),
         Command::Mcp => mcp_stdio(cli.settings),
+        Command::Openapi => {
+            print!(
+                "{}",
+                api::openapi_json(cli.settings.public_base_url.as_deref())
+            );
+            Ok(())
+        }
+        Command::Healthcheck => std::process::exit(healthcheck::run(&cli.settings)),
     };
     let code = match outcome {
         Ok(()) => 0,
@@ -74,6 +84,7 @@ struct Core {
     store: Arc<dyn store::Store>,
     exec: Arc<exec::ExecService>,
     sandbox: Arc<sandbox::Sandbox>,
+    readiness: Arc<readiness::Readiness>,
 }
 
 #[tokio::main]
@@ -103,6 +114,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         store,
         exec,
         sandbox,
+        readiness,
     } = start_core(settings).await?;
 
     let keys = settings.all_api_keys();
@@ -116,6 +128,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         store,
         exec,
         sandbox: sandbox.isolation(),
+        readiness,
         auth: Arc::new(api::Auth::new(&keys)),
         started: Instant::now(),
         metrics,
@@ -262,15 +275,23 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         Arc::clone(&settings),
         turns,
     ));
-    // Ask every runtime for its version now, so /health lists them and first runs are quick.
+    // Prove that a sandbox starts, then ask every runtime for its version, so /health lists
+    // them and first runs are quick. Until both are done the server is not ready.
+    let readiness = Arc::new(readiness::Readiness::new(Arc::clone(&sandbox)));
     let warm = Arc::clone(&exec);
-    tokio::spawn(async move { warm.runtimes().warm_up().await });
+    let ready = Arc::clone(&readiness);
+    tokio::spawn(async move {
+        ready.check_sandbox().await;
+        warm.runtimes().warm_up().await;
+        ready.mark_runtimes_probed();
+    });
     exec.spawn_expiry(Duration::from_secs(settings.session_ttl_seconds));
     Ok(Core {
         settings,
         store,
         exec,
         sandbox,
+        readiness,
     })
 }
 

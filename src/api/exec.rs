@@ -352,34 +352,99 @@ pub fn parse_request(
     })
 }
 
-/// One SSE frame as JSON.
-fn frame(event: &ExecEvent) -> serde_json::Value {
-    use serde_json::json;
-    match event {
-        ExecEvent::Stdout(text) => json!({"type": "stream", "name": "stdout", "text": text}),
-        ExecEvent::Stderr(text) => json!({"type": "stream", "name": "stderr", "text": text}),
-        ExecEvent::Display { data, result, file } => json!({
-            "type": if *result { "result" } else { "display" },
-            "data": data,
-            "file": file.as_ref().map(|f| json!({
-                "id": f.id, "name": f.name.as_str(), "session_id": f.session_id,
-                "storage_session_id": f.session_id, "path": download_path(f),
-            })),
-        }),
-        ExecEvent::Error {
-            ename,
-            evalue,
-            traceback,
-        } => {
-            json!({"type": "error", "ename": ename, "evalue": evalue, "traceback": traceback})
+/// A file saved from a rich output, as a `display`/`result` frame names it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FrameFile {
+    pub id: String,
+    /// Path relative to `/mnt/data`.
+    pub name: String,
+    pub session_id: String,
+    pub storage_session_id: String,
+    pub path: String,
+}
+
+/// One Server-Sent Events frame of `/exec/stream`: `data: <this object as JSON>`, told
+/// apart by `type`. `session` comes first and `done` last, always.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StreamFrame {
+    /// The run's session (new or reused).
+    Session { session_id: String },
+    /// Output as it is written; `name` is `stdout` or `stderr`.
+    Stream { name: String, text: String },
+    /// A rich output (a MIME bundle; images base64), with the file it was saved as.
+    Display {
+        #[schema(value_type = Object)]
+        data: serde_json::Value,
+        file: Option<FrameFile>,
+    },
+    /// A cell's last expression value, as `display`.
+    Result {
+        #[schema(value_type = Object)]
+        data: serde_json::Value,
+        file: Option<FrameFile>,
+    },
+    /// A Python exception; the traceback has no ANSI codes.
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
+    /// The whole `/exec` response, plus `status` (the same as `run.status`).
+    Done {
+        status: String,
+        #[serde(flatten)]
+        response: Box<ExecResponse>,
+    },
+}
+
+impl StreamFrame {
+    fn of(event: &ExecEvent) -> Self {
+        match event {
+            ExecEvent::Stdout(text) => StreamFrame::Stream {
+                name: "stdout".into(),
+                text: text.clone(),
+            },
+            ExecEvent::Stderr(text) => StreamFrame::Stream {
+                name: "stderr".into(),
+                text: text.clone(),
+            },
+            ExecEvent::Display { data, result, file } => {
+                let data = data.clone();
+                let file = file.as_ref().map(|f| FrameFile {
+                    id: f.id.clone(),
+                    name: f.name.to_string(),
+                    session_id: f.session_id.clone(),
+                    storage_session_id: f.session_id.clone(),
+                    path: download_path(f),
+                });
+                if *result {
+                    StreamFrame::Result { data, file }
+                } else {
+                    StreamFrame::Display { data, file }
+                }
+            }
+            ExecEvent::Error {
+                ename,
+                evalue,
+                traceback,
+            } => StreamFrame::Error {
+                ename: ename.clone(),
+                evalue: evalue.clone(),
+                traceback: traceback.clone(),
+            },
+            ExecEvent::Done(result) => {
+                let response = ExecResponse::of(result);
+                StreamFrame::Done {
+                    status: response.run.status.clone(),
+                    response: Box::new(response),
+                }
+            }
         }
-        ExecEvent::Done(result) => {
-            let response = ExecResponse::of(result);
-            let mut value = serde_json::to_value(&response).unwrap_or_default();
-            value["type"] = json!("done");
-            value["status"] = json!(response.run.status);
-            value
-        }
+    }
+
+    fn event(&self) -> Event {
+        Event::default().data(serde_json::to_string(self).unwrap_or_default())
     }
 }
 
@@ -390,7 +455,7 @@ fn frame(event: &ExecEvent) -> serde_json::Value {
     post, path = "/exec/stream", tag = "exec",
     request_body = ExecBody,
     responses(
-        (status = 200, description = "text/event-stream; each frame `data: <json>`", content_type = "text/event-stream"),
+        (status = 200, description = "Server-Sent Events: each frame is `data: <StreamFrame as JSON>`; `: keep-alive` comments every 10 s", content_type = "text/event-stream", body = StreamFrame),
         (status = 400, description = "Unsupported language or bad arguments", body = ErrorBody),
         (status = 404, description = "An input file is missing", body = ErrorBody),
         (status = 422, description = "Missing or malformed fields", body = ErrorBody),
@@ -407,16 +472,14 @@ pub async fn exec_stream(
     let request = parse_request(&state, tenant, &headers, body)?;
     let started = state.exec.start(request).await?;
     let session_id = started.session_id;
-    let first = futures::stream::once(async move {
-        Ok(Event::default()
-            .data(serde_json::json!({"type": "session", "session_id": session_id}).to_string()))
-    });
+    let first =
+        futures::stream::once(async move { Ok(StreamFrame::Session { session_id }.event()) });
     // The run goes on in its own task; the stream holds a guard that cancels it when the
     // client leaves (unless STREAM_CANCEL_ON_DISCONNECT is off).
     let guard = disconnect_guard(&state, &started.handle);
     let rest = tokio_stream::wrappers::ReceiverStream::new(started.events).map(move |event| {
         let _ = &guard;
-        Ok(Event::default().data(frame(&event).to_string()))
+        Ok(StreamFrame::of(&event).event())
     });
     Ok(Sse::new(first.chain(rest)).keep_alive(
         KeepAlive::new()

@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 pub use auth::Auth;
 use error::ApiError;
+pub use openapi::document as openapi_json;
 
 use crate::config::Settings;
 use crate::exec::ExecService;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub exec: Arc<ExecService>,
     pub sandbox: Isolation,
+    pub readiness: Arc<crate::readiness::Readiness>,
     pub auth: Arc<Auth>,
     pub started: Instant,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,

@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::config::parse_bool;
+use crate::readiness::SandboxState;
 use crate::runtime::Language;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,7 +29,7 @@ pub struct SandboxInfo {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `healthy` while the server can serve requests.
+    /// `healthy` while the server answers (liveness); whether it can run code is `ready`.
     pub status: String,
     pub version: String,
     pub uptime_seconds: u64,
@@ -38,6 +39,20 @@ pub struct Health {
     /// Available languages and their versions.
     pub runtimes: std::collections::BTreeMap<String, String>,
     pub kernels: KernelCounts,
+    /// True once a real sandbox launch has succeeded and every runtime has been probed.
+    /// `GET /health?ready=1` answers 503 until then.
+    pub ready: bool,
+    pub readiness: ReadinessInfo,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessInfo {
+    /// `pending` (not tried yet), `ready` (a sandboxed `true` ran) or `failed` (no code
+    /// can run; the server log and `code-interpreter doctor` say why; retried when asked).
+    #[schema(example = "ready")]
+    pub sandbox: String,
+    /// Every language: `available`, `unavailable` (not installed) or `pending` (not probed yet).
+    pub runtimes: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -48,12 +63,36 @@ pub struct KernelCounts {
     pub pooled: usize,
 }
 
-/// Liveness and readiness; no key needed.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct HealthQuery {
+    /// `1` (or `true`): a readiness probe; answer 503 (with the same body) until the server
+    /// can run code.
+    ready: Option<String>,
+}
+
+/// Liveness (200 while the server answers) and, with `?ready=1`, readiness (503 until a
+/// sandbox has started and every runtime has been probed); no key needed.
 #[utoipa::path(
     get, path = "/health", tag = "system",
-    responses((status = 200, body = Health), (status = 503, description = "The store is unreachable", body = ErrorBody))
+    params(HealthQuery),
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "`?ready=1` and the server cannot run code yet (body: Health), or the store is unreachable (body: ErrorBody)", body = Health),
+    )
 )]
-pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+pub async fn health(
+    State(state): State<AppState>,
+    Query(query): Query<HealthQuery>,
+) -> ApiResult<Response> {
+    let probe = query
+        .ready
+        .as_deref()
+        .is_some_and(|r| parse_bool(r).unwrap_or(true));
+    let readiness = &state.readiness;
+    if probe && readiness.sandbox_state() != SandboxState::Ready {
+        // Pending: the start-up check is still running; failed: try again (rate-limited).
+        readiness.check_sandbox().await;
+    }
     let stats = state.store.stats().await.map_err(|err| {
         tracing::error!(error = %err, "health check could not read the store");
         ApiError::new(
@@ -70,7 +109,27 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
         }
         _ => None,
     };
-    Ok(Json(Health {
+    let versions: std::collections::BTreeMap<String, String> = state
+        .exec
+        .runtimes()
+        .known_versions()
+        .into_iter()
+        .map(|(l, v)| (l.name().to_owned(), v))
+        .collect();
+    let probed = readiness.runtimes_probed();
+    let runtime_states = Language::ALL
+        .iter()
+        .map(|l| {
+            let state = match (versions.contains_key(l.name()), probed) {
+                (true, _) => "available",
+                (false, true) => "unavailable",
+                (false, false) => "pending",
+            };
+            (l.name().to_owned(), state.to_owned())
+        })
+        .collect();
+    let ready = readiness.is_ready();
+    let body = Health {
         status: "healthy".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_seconds: state.started.elapsed().as_secs(),
@@ -83,18 +142,28 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
             unprivileged_uid: iso.unprivileged_uid,
             warning,
         },
-        runtimes: state
-            .exec
-            .runtimes()
-            .known_versions()
-            .into_iter()
-            .map(|(l, v)| (l.name().to_owned(), v))
-            .collect(),
+        runtimes: versions,
         kernels: KernelCounts {
             live: state.exec.python().live_kernels(),
             pooled: state.exec.python().pooled_kernels(),
         },
-    }))
+        ready,
+        readiness: ReadinessInfo {
+            sandbox: match readiness.sandbox_state() {
+                SandboxState::Pending => "pending",
+                SandboxState::Ready => "ready",
+                SandboxState::Failed => "failed",
+            }
+            .into(),
+            runtimes: runtime_states,
+        },
+    };
+    let status = if probe && !ready {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 /// Prometheus text format: requests by route and status, latency histogram, sessions,

@@ -17,6 +17,7 @@
 mod cgroup;
 pub mod probe;
 mod seccomp;
+mod selftest;
 
 use std::ffi::CString;
 use std::io;

@@ -45,8 +45,22 @@ impl TestServer {
 
     /// A server on an existing DATA_DIR (to test restarts).
     pub async fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_launched(&[], data_dir, env).await
+    }
+
+    /// A server started through `launcher` (e.g. `prlimit --nproc=0 --`), to change the
+    /// conditions it runs in.
+    pub async fn start_launched(launcher: &[&str], data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_code-interpreter"));
+        let binary = env!("CARGO_BIN_EXE_code-interpreter");
+        let mut cmd = match launcher.split_first() {
+            None => Command::new(binary),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+        };
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
