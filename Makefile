@@ -18,9 +18,11 @@ RUN_DATA_DIR ?= /var/lib/code-interpreter
 else
 RUN_DATA_DIR ?= data
 endif
+# The binary `make e2e` serves (the debug build `make test` has just made, by default).
+E2E_BINARY ?= $(DEBUG_BIN)
 
 .PHONY: help install bootstrap run dev test lint format-check typecheck openapi bench \
-	build build-debug check-rust
+	e2e build build-debug check-rust
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,12 +36,16 @@ dev: bootstrap build-debug ## Debug build, served with debug logs and request lo
 	DATA_DIR=$${DATA_DIR:-$(RUN_DATA_DIR)} LOG_LEVEL=$${LOG_LEVEL:-code_interpreter=debug,info} \
 		LOG_REQUESTS=$${LOG_REQUESTS:-true} ./$(DEBUG_BIN) serve
 
-test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, benchmark smoke
+test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, benchmark smoke, smoke scripts
 	$(CARGO) test --locked
 	tests/mcp/run.sh -q
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/librechat/run.sh
 	# One smoke run of every benchmark scenario, so the harness cannot rot (no timing goals).
 	BENCH_BINARY=$(DEBUG_BIN) $(PYTHON) bench/run.py --quick --out target/bench-smoke
+	$(MAKE) --no-print-directory e2e
+
+e2e: bootstrap build-debug ## Start a server and run the smoke scripts (e2e/run_all.sh) against it
+	E2E_REQUIRE_ALL=1 e2e/with-server.sh $(E2E_BINARY) e2e/run_all.sh
 
 lint: check-rust ## Formatting and clippy
 	$(CARGO) fmt --all -- --check
