@@ -269,6 +269,22 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_RUNS", value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_concurrent_runs: Option<u64>,
 
+    /// Runs one tenant may execute at once (default: three quarters of MAX_CONCURRENT_RUNS,
+    /// so other tenants always find a free slot; set it to MAX_CONCURRENT_RUNS on a server
+    /// with a single tenant).
+    #[arg(long, env = "MAX_CONCURRENT_RUNS_PER_TENANT", value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_concurrent_runs_per_tenant: Option<u64>,
+
+    /// Runs one tenant may have waiting for a slot beyond its running ones; past it a run is
+    /// refused with 429 and `retry_after_seconds` before it starts.
+    #[arg(
+        long,
+        env = "MAX_QUEUED_RUNS_PER_TENANT",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_queued_runs_per_tenant: u64,
+
     /// Host names the MCP endpoint (`/mcp`) answers to, comma-separated (`name` or `name:port`),
     /// or `*` for any. A guard against DNS rebinding; behind a proxy or in compose, add the name
     /// clients use. Default: localhost, 127.0.0.1, ::1 and `HOST`.
@@ -308,6 +324,15 @@ impl Settings {
         self.max_concurrent_runs
             .map(|n| n as usize)
             .unwrap_or_else(|| 4 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// The per-tenant share of `concurrent_runs` (at least one run).
+    pub fn concurrent_runs_per_tenant(&self) -> usize {
+        let total = self.concurrent_runs();
+        self.max_concurrent_runs_per_tenant
+            .map(|n| n as usize)
+            .unwrap_or((total * 3 / 4).max(1))
+            .min(total)
     }
 
     pub fn session_disk_quota_bytes(&self) -> Option<u64> {

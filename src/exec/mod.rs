@@ -4,13 +4,14 @@
 //! it as a stream of events ending in `Done`. `/exec` folds that stream; `/exec/stream`
 //! and MCP forward it. Speaks Rust types only.
 
+mod slots;
 mod utf8;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -21,6 +22,7 @@ use crate::sandbox::Limits;
 use crate::session::{SessionOwner, SessionTurns, Tenant, is_valid_id, new_id};
 use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
 
+use slots::RunSlots;
 pub use utf8::Utf8Decoder;
 
 /// Image types a rich output may carry, the file extension each is saved with.
@@ -369,7 +371,7 @@ pub struct ExecService {
     python: Arc<PythonRuntime>,
     settings: Arc<Settings>,
     turns: Arc<SessionTurns>,
-    slots: Arc<Semaphore>,
+    slots: Arc<RunSlots>,
     active: Mutex<HashMap<String, ActiveRun>>,
 }
 
@@ -381,7 +383,11 @@ impl ExecService {
         settings: Arc<Settings>,
         turns: Arc<SessionTurns>,
     ) -> Self {
-        let slots = Arc::new(Semaphore::new(settings.concurrent_runs()));
+        let slots = RunSlots::new(
+            settings.concurrent_runs(),
+            settings.concurrent_runs_per_tenant(),
+            settings.max_queued_runs_per_tenant as usize,
+        );
         ExecService {
             store,
             process,
@@ -412,6 +418,13 @@ impl ExecService {
                 size: req.code.len(),
                 limit: self.settings.max_code_bytes,
             });
+        }
+        if let Err(full) = self.slots.admit(&req.tenant) {
+            return Err(ExecError::Busy(format!(
+                "this API key already has {} runs waiting for a slot (MAX_QUEUED_RUNS_PER_TENANT); \
+                 wait for some to finish",
+                full.queued
+            )));
         }
         let version = self.process.version(language).await?;
         let inputs = self.resolve_inputs(&req).await?;
@@ -642,16 +655,15 @@ impl ExecService {
         let queued = Instant::now();
         let wait = async {
             let turn = self.turns.take(&session.id).await;
-            let slot = Arc::clone(&self.slots).acquire_owned().await;
+            let slot = self.slots.acquire(&req.tenant).await;
             (turn, slot)
         };
-        let (_turn, slot) = tokio::select! {
+        let (_turn, _slot) = tokio::select! {
             got = wait => got,
             _ = cancel.cancelled() => {
                 return Ok(cancelled_before_start(session.id, language, version, queued.elapsed()));
             }
         };
-        let _slot = slot.map_err(|e| ExecError::Internal(e.to_string()))?;
         // A delete may have taken the turn before us: the session is gone.
         self.owned(&req.tenant, &session.id).await?;
         let run_id = new_id();

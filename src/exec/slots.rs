@@ -1,0 +1,265 @@
+//! Run slots shared fairly between tenants. `MAX_CONCURRENT_RUNS` slots in all; one tenant
+//! holds at most its share (`MAX_CONCURRENT_RUNS_PER_TENANT`), so another tenant's run finds a
+//! slot even while the first floods the server; a freed slot goes to the waiting tenant that
+//! runs the fewest (the earliest waiter among equals), so a tenant that keeps submitting cannot
+//! keep others waiting wave after wave. A tenant with a full queue is refused before its run
+//! starts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::session::Tenant;
+
+pub struct RunSlots {
+    per_tenant: usize,
+    max_queued: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    free: usize,
+    running: HashMap<Tenant, usize>,
+    waiting: VecDeque<Waiter>,
+    next_id: u64,
+}
+
+struct Waiter {
+    id: u64,
+    tenant: Tenant,
+    grant: oneshot::Sender<Slot>,
+}
+
+/// A held slot; given back when dropped.
+pub struct Slot {
+    slots: Arc<RunSlots>,
+    tenant: Tenant,
+}
+
+/// A tenant already has as many runs waiting as it may.
+#[derive(Debug)]
+pub struct QueueFull {
+    pub queued: usize,
+}
+
+impl RunSlots {
+    pub fn new(total: usize, per_tenant: usize, max_queued: usize) -> Arc<Self> {
+        Arc::new(RunSlots {
+            per_tenant: per_tenant.clamp(1, total.max(1)),
+            max_queued,
+            state: Mutex::new(State {
+                free: total.max(1),
+                running: HashMap::new(),
+                waiting: VecDeque::new(),
+                next_id: 0,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuse a run up front when its tenant is at its share and its queue is full.
+    pub fn admit(&self, tenant: &Tenant) -> Result<(), QueueFull> {
+        let state = self.lock();
+        let running = state.running.get(tenant).copied().unwrap_or(0);
+        let queued = state.waiting.iter().filter(|w| &w.tenant == tenant).count();
+        if running >= self.per_tenant && queued >= self.max_queued {
+            return Err(QueueFull { queued });
+        }
+        Ok(())
+    }
+
+    /// Wait for a slot. Dropping the future gives up the place in the queue (and a slot
+    /// granted meanwhile).
+    pub async fn acquire(self: &Arc<Self>, tenant: &Tenant) -> Slot {
+        let (id, granted) = {
+            let mut state = self.lock();
+            let running = state.running.get(tenant).copied().unwrap_or(0);
+            let ahead = state
+                .waiting
+                .iter()
+                .any(|w| self.eligible(&state, &w.tenant));
+            if state.free > 0 && running < self.per_tenant && !ahead {
+                return self.take(&mut state, tenant);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = state.next_id;
+            state.next_id += 1;
+            state.waiting.push_back(Waiter {
+                id,
+                tenant: tenant.clone(),
+                grant: tx,
+            });
+            (id, rx)
+        };
+        let mut place = Place {
+            slots: self,
+            id: Some(id),
+        };
+        let granted = granted.await;
+        place.id = None;
+        match granted {
+            Ok(slot) => slot,
+            // The queue only drops a waiter's sender by granting; should that ever change,
+            // wait again rather than fail.
+            Err(_) => Box::pin(self.acquire(tenant)).await,
+        }
+    }
+
+    fn eligible(&self, state: &State, tenant: &Tenant) -> bool {
+        state.free > 0 && state.running.get(tenant).copied().unwrap_or(0) < self.per_tenant
+    }
+
+    fn take(self: &Arc<Self>, state: &mut State, tenant: &Tenant) -> Slot {
+        state.free -= 1;
+        *state.running.entry(tenant.clone()).or_default() += 1;
+        Slot {
+            slots: Arc::clone(self),
+            tenant: tenant.clone(),
+        }
+    }
+
+    /// Give free slots to waiters: the tenant running the fewest first, then the earliest.
+    fn dispatch(self: &Arc<Self>) {
+        // Slots whose waiter left are dropped (and so given back) after the lock is released.
+        let mut returned = Vec::new();
+        {
+            let mut state = self.lock();
+            loop {
+                let pick = state
+                    .waiting
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| self.eligible(&state, &w.tenant))
+                    .min_by_key(|(i, w)| (state.running.get(&w.tenant).copied().unwrap_or(0), *i))
+                    .map(|(i, _)| i);
+                let Some(i) = pick else { break };
+                let Some(waiter) = state.waiting.remove(i) else {
+                    break;
+                };
+                let slot = self.take(&mut state, &waiter.tenant);
+                if let Err(slot) = waiter.grant.send(slot) {
+                    returned.push(slot);
+                }
+            }
+        }
+        drop(returned);
+    }
+
+    fn release(self: &Arc<Self>, tenant: &Tenant) {
+        {
+            let mut state = self.lock();
+            state.free += 1;
+            if let Some(n) = state.running.get_mut(tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    state.running.remove(tenant);
+                }
+            }
+        }
+        self.dispatch();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.release(&self.tenant);
+    }
+}
+
+/// A place in the queue; leaving it (a cancelled or dropped run) removes the waiter.
+struct Place<'a> {
+    slots: &'a Arc<RunSlots>,
+    id: Option<u64>,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.slots.lock().waiting.retain(|w| w.id != id);
+            // Its departure may make room for someone behind it.
+            self.slots.dispatch();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str) -> Tenant {
+        Tenant(name.into())
+    }
+
+    #[tokio::test]
+    async fn one_tenant_cannot_take_every_slot() {
+        let slots = RunSlots::new(4, 3, 10);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(slots.acquire(&t("a")).await);
+        }
+        // A fourth run of `a` waits; `b` still gets the last slot at once.
+        let waiting = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire(&t("a")).await }
+        });
+        tokio::task::yield_now().await;
+        let b = tokio::time::timeout(std::time::Duration::from_secs(1), slots.acquire(&t("b")))
+            .await
+            .expect("b is not starved");
+        assert!(!waiting.is_finished());
+        drop(held.pop());
+        let _a = waiting.await.unwrap();
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_tenant_running_the_fewest() {
+        let slots = RunSlots::new(2, 2, 10);
+        let a1 = slots.acquire(&t("a")).await;
+        let _a2 = slots.acquire(&t("a")).await;
+        let a3 = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire(&t("a")).await }
+        });
+        tokio::task::yield_now().await;
+        let b = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire(&t("b")).await }
+        });
+        tokio::task::yield_now().await;
+        drop(a1);
+        // `a` waited first, but `b` runs nothing: `b` gets the slot.
+        let _b = b.await.unwrap();
+        assert!(!a3.is_finished());
+        a3.abort();
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_and_a_left_place_is_given_up() {
+        let slots = RunSlots::new(1, 1, 1);
+        let held = slots.acquire(&t("a")).await;
+        assert!(slots.admit(&t("a")).is_ok());
+        let queued = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire(&t("a")).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(slots.admit(&t("a")).is_err(), "the queue of one is full");
+        assert!(
+            slots.admit(&t("b")).is_ok(),
+            "another tenant is not refused"
+        );
+        queued.abort();
+        let _ = queued.await;
+        assert!(
+            slots.admit(&t("a")).is_ok(),
+            "the aborted waiter left the queue"
+        );
+        drop(held);
+        let _again = slots.acquire(&t("a")).await;
+    }
+}

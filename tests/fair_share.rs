@@ -1,0 +1,96 @@
+//! Tenants share the run slots fairly: one tenant's flood neither blocks another tenant's
+//! run nor queues without bound.
+
+mod common;
+
+use common::{KEY_A, KEY_B, TestServer, exec};
+use serde_json::json;
+
+#[tokio::test]
+async fn another_tenants_run_completes_while_one_tenant_fills_its_share() {
+    // Four slots, three per tenant: tenant A's eight long runs hold three and queue five.
+    let server = TestServer::start(&[
+        ("MAX_CONCURRENT_RUNS", "4"),
+        ("MAX_CONCURRENT_RUNS_PER_TENANT", "3"),
+    ])
+    .await;
+    let mut floods = Vec::new();
+    for _ in 0..8 {
+        let client = server.client.clone();
+        let url = server.url("/v1/exec");
+        floods.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("x-api-key", KEY_A)
+                .json(&json!({"lang": "bash", "code": "sleep 20; echo done"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    // Let A's runs take their slots.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (status, body) = exec(&server, KEY_B, json!({"lang": "bash", "code": "echo hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stdout"], "hi\n", "{body}");
+    // B finished while every one of A's twenty-second runs was still going.
+    assert!(
+        floods.iter().all(|f| !f.is_finished()),
+        "tenant B waited for tenant A's runs"
+    );
+    for f in floods {
+        f.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_whose_queue_is_full_gets_429_and_others_do_not() {
+    let server = TestServer::start(&[
+        ("MAX_CONCURRENT_RUNS", "2"),
+        ("MAX_CONCURRENT_RUNS_PER_TENANT", "1"),
+        ("MAX_QUEUED_RUNS_PER_TENANT", "1"),
+    ])
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let client = server.client.clone();
+        let url = server.url("/v1/exec");
+        held.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("x-api-key", KEY_A)
+                .json(&json!({"lang": "bash", "code": "sleep 20"}))
+                .send()
+                .await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    // One of A's runs holds A's share, one waits: a third is refused before it starts.
+    let resp = server
+        .client
+        .post(server.url("/v1/exec"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({"lang": "bash", "code": "echo never"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    assert!(body["retry_after_seconds"].as_u64().is_some(), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_QUEUED_RUNS_PER_TENANT"),
+        "{body}"
+    );
+    let (status, body) = exec(&server, KEY_B, json!({"lang": "bash", "code": "echo hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stdout"], "hi\n");
+    for h in held {
+        h.abort();
+    }
+}
