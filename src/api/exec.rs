@@ -1,15 +1,19 @@
 //! `POST /exec`: the request and response shapes (LibreChat's and the seed's), turned into
 //! an `ExecRequest` for the `ExecService` and back.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -138,6 +142,13 @@ pub struct ExecResponse {
     pub wall_time: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact_truncation: Option<ArtifactTruncation>,
+    /// Only when the run could not happen after the answer had started: the error code
+    /// the status would otherwise have carried (e.g. `rate_limited`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// With `error: "rate_limited"`: when to try again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -200,6 +211,43 @@ impl ExecResponse {
                 total,
                 omitted: total - limit,
             }),
+            error: None,
+            retry_after_seconds: None,
+        }
+    }
+
+    /// The result of a run that could not happen, for an answer already under way: the
+    /// sentence where the model looks (stderr) and the code where programs look (`error`).
+    fn failed(late: &LateFailure, err: &ApiError) -> Self {
+        let stderr = format!("[sandbox] {}\n", err.detail);
+        let run = RunInfo {
+            stdout: String::new(),
+            stderr: stderr.clone(),
+            code: None,
+            signal: None,
+            output: stderr.clone(),
+            status: crate::runtime::RunStatus::Error.as_str().to_owned(),
+            message: Some(err.detail.clone()),
+            wall_time: 0.0,
+            cpu_time: None,
+            memory: None,
+        };
+        ExecResponse {
+            session_id: late.session_id.clone(),
+            language: late.language.clone(),
+            version: String::new(),
+            stdout: String::new(),
+            stderr,
+            code: None,
+            signal: None,
+            message: run.message.clone(),
+            wall_time: 0.0,
+            run,
+            files: Vec::new(),
+            deleted_files: Vec::new(),
+            artifact_truncation: None,
+            error: Some(err.code.to_owned()),
+            retry_after_seconds: err.retry_after,
         }
     }
 }
@@ -488,20 +536,37 @@ pub async fn exec_stream(
     ))
 }
 
-/// Comments on an idle stream keep proxies from closing it.
-const KEEP_ALIVE_SECONDS: u64 = 10;
+/// Comments on an idle stream keep proxies, and clients whose idle sockets time out after
+/// 5 s (Node's `http.globalAgent`), from closing it.
+const KEEP_ALIVE_SECONDS: u64 = 2;
+
+/// A `/exec` still running after this long starts its answer: status line and headers,
+/// then a space at least every [`KEEPALIVE_EVERY`] until the JSON follows (JSON parsers
+/// skip leading whitespace). Clients whose pooled sockets die after 5 s of silence keep
+/// the connection: Node >= 19's `http.globalAgent`, which LibreChat's axios calls and
+/// `@librechat/agents`' node-fetch share, is one.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Run code in a session and wait for the result. A run that started answers 200, also
 /// when the code failed, timed out or was killed (`run.status` says which).
+///
+/// A run that takes longer than 2 s answers 200 with its headers at once and sends a
+/// space every second until the JSON body follows (no `Content-Length`; still
+/// `application/json`). Everything a client can get wrong is refused with its 4xx before
+/// that; a failure after it (every kernel still busy after `QUEUE_WAIT_SECONDS`, a
+/// runtime gone missing) is a result with `run.status: "error"`, the sentence in
+/// `stderr` and `run.message`, and the code in `error`.
 #[utoipa::path(
     post, path = "/exec", tag = "exec",
     request_body = ExecBody,
     responses(
-        (status = 200, description = "The run's result", body = ExecResponse),
+        (status = 200, description = "The run's result (after 2 s: leading spaces, then the JSON)", body = ExecResponse),
         (status = 400, description = "Unsupported language or bad arguments", body = ErrorBody),
         (status = 404, description = "An input file is missing", body = ErrorBody),
         (status = 413, description = "Code over MAX_CODE_BYTES", body = ErrorBody),
         (status = 422, description = "Missing or malformed fields", body = ErrorBody),
+        (status = 429, description = "Every Python kernel busy (when QUEUE_WAIT_SECONDS is under 2 s)", body = ErrorBody),
         (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -511,15 +576,68 @@ pub async fn exec(
     Extension(tenant): Extension<Tenant>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<ExecResponse>> {
-    let request = parse_request(&state, tenant, &headers, body)?;
-    let started = state.exec.start(request).await?;
-    // Dropped with this handler when the client leaves: the run is cancelled.
-    let _guard = disconnect_guard(&state, &started.handle);
-    let result = crate::exec::finish(started.events)
-        .await
-        .ok_or_else(|| ApiError::internal("the run ended without a result"))?;
-    Ok(Json(ExecResponse::of(&result)))
+) -> Response {
+    let request = match parse_request(&state, tenant, &headers, body) {
+        Ok(request) => request,
+        Err(err) => return err.into_response(),
+    };
+    let late = LateFailure {
+        session_id: request
+            .session_id
+            .clone()
+            .filter(|s| crate::session::is_valid_id(s))
+            .unwrap_or_default(),
+        language: crate::runtime::Language::parse(&request.lang)
+            .map_or_else(|| request.lang.clone(), |l| l.name().to_owned()),
+    };
+    let mut result: PendingResult = Box::pin(async move {
+        let started = state.exec.start(request).await?;
+        // Dropped with this future when the client leaves (before or after the answer
+        // started): the run is cancelled.
+        let _guard = disconnect_guard(&state, &started.handle);
+        crate::exec::finish(started.events)
+            .await
+            .ok_or_else(|| ApiError::internal("the run ended without a result"))
+    });
+    match tokio::time::timeout(ANSWER_WITHIN, &mut result).await {
+        Ok(Ok(result)) => Json(ExecResponse::of(&result)).into_response(),
+        Ok(Err(err)) => err.into_response(),
+        Err(_) => kept_alive(result, late),
+    }
+}
+
+type PendingResult = Pin<Box<dyn Future<Output = ApiResult<ExecResult>> + Send>>;
+
+/// What a result body needs when the run failed after the answer had started.
+struct LateFailure {
+    session_id: String,
+    language: String,
+}
+
+/// A 200 whose body is spaces, one a second, then the result's JSON.
+fn kept_alive(result: PendingResult, late: LateFailure) -> Response {
+    let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let body = futures::stream::unfold(Some((result, tick, late)), |state| async move {
+        let (mut result, mut tick, late) = state?;
+        tokio::select! {
+            biased;
+            outcome = &mut result => {
+                let response = match outcome {
+                    Ok(result) => ExecResponse::of(&result),
+                    Err(err) => ExecResponse::failed(&late, &err),
+                };
+                let json = serde_json::to_vec(&response).unwrap_or_default();
+                Some((Ok::<_, Infallible>(Bytes::from(json)), None))
+            }
+            _ = tick.tick() => Some((Ok(Bytes::from_static(b" ")), Some((result, tick, late)))),
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// What cancels a run when its client goes away (dropped with the request or the stream).

@@ -1,5 +1,5 @@
-// What LibreChat itself does around the code tool, written from the contract
-// (shared/librechat-contract.md) and from @librechat/agents 3.9.2's source:
+// What LibreChat itself does around the code tool, written from LibreChat's file
+// services (api/server/services/Files/Code/*) and from @librechat/agents 3.9.2's source:
 // ToolNode's file injection, the host's auth headers, and LibreChat's own
 // upload / liveness / download calls (api/server/services/Files/Code/*).
 

@@ -1,4 +1,4 @@
-// §1 errors: a server over a limit must answer 429 with
+// The tool's error handling: a server over a limit must answer 429 with
 // {error: 'rate_limited', retry_after_seconds}, which the 3.x tool turns into
 // "Code execution is temporarily rate-limited. Retry after N seconds."
 // Here the limit is the Python kernel count: one kernel, no queueing, no pool.
