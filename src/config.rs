@@ -269,6 +269,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_RUNS", value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_concurrent_runs: Option<u64>,
 
+    /// CPUs' worth of time one sandbox may use (e.g. `0.5`, `2`); `0` = no cap. Every sandbox
+    /// has the same CPU weight either way.
+    #[arg(long, env = "MAX_CPUS", default_value_t = 0.0, value_parser = parse_cpus, global = true)]
+    pub max_cpus: f64,
+
     /// Runs one tenant may execute at once (default: three quarters of MAX_CONCURRENT_RUNS,
     /// so other tenants always find a free slot; set it to MAX_CONCURRENT_RUNS on a server
     /// with a single tenant).
@@ -326,6 +331,10 @@ impl Settings {
             .unwrap_or_else(|| 4 * std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
+    pub fn max_cpus(&self) -> Option<f64> {
+        (self.max_cpus > 0.0).then_some(self.max_cpus)
+    }
+
     /// The per-tenant share of `concurrent_runs` (at least one run).
     pub fn concurrent_runs_per_tenant(&self) -> usize {
         let total = self.concurrent_runs();
@@ -361,6 +370,16 @@ impl Settings {
             hosts.push(own);
         }
         Some(hosts)
+    }
+}
+
+/// A CPU count: a finite number, 0 or more.
+fn parse_cpus(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(format!(
+            "'{value}' is not a CPU count such as 0.5 or 2 (0 = no cap)"
+        )),
     }
 }
 

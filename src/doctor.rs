@@ -124,6 +124,7 @@ fn launch_sandbox(settings: &Settings) -> Result<String, String> {
         network: false,
         tmp_bytes: 16 * 1024 * 1024,
         state_dir: state.path().join("sandbox"),
+        max_cpus: None,
     })
     .map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -218,6 +218,7 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         network: settings.sandbox_network == config::NetworkPolicy::Allow,
         tmp_bytes: settings.sandbox_tmp_mb * 1024 * 1024,
         state_dir: data_dir.join("sandbox"),
+        max_cpus: settings.max_cpus(),
     })
     .context("the sandbox cannot be set up (SANDBOX)")?;
     sandbox

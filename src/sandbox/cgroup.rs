@@ -1,5 +1,5 @@
-//! Per-run control groups: memory and process limits, peak memory, CPU time, and killing a
-//! whole process tree.
+//! Per-run control groups: memory and process limits, an equal CPU weight (and an optional CPU
+//! cap), peak memory, CPU time, and killing a whole process tree.
 //!
 //! This machine (and many hosts) mount cgroup v1 controllers, with a v2 hierarchy that has
 //! no controllers; the v1 files are what works. Each run gets its own group below the
@@ -14,6 +14,11 @@ use std::time::Duration;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const GROUP_NAME: &str = "code-interpreter";
+/// Every run's CPU weight: the same for all, so a run that spins gets no more of the CPU than
+/// one that just started (the kernel's default weight, written explicitly).
+const RUN_CPU_SHARES: u64 = 1024;
+/// The CFS period a CPU cap is expressed in.
+const CFS_PERIOD_US: u64 = 100_000;
 
 /// The v1 controllers we use and where the server's own group sits in each.
 #[derive(Debug, Clone)]
@@ -21,6 +26,9 @@ pub struct CgroupV1 {
     memory: PathBuf,
     pids: PathBuf,
     cpuacct: Option<PathBuf>,
+    cpu: Option<PathBuf>,
+    /// `cpu.cfs_quota_us` for every run (`MAX_CPUS`), when set.
+    cpu_quota_us: Option<u64>,
 }
 
 /// Which limits a run has.
@@ -58,23 +66,32 @@ fn parent_for(controller: &str, mount: &str) -> Option<PathBuf> {
 impl CgroupV1 {
     /// Set up our parent groups, or `None` when the v1 memory and pids controllers are not
     /// writable here. Groups left by an earlier crash are emptied and removed.
-    pub fn detect() -> Option<Self> {
+    /// `max_cpus` caps every run at that many CPUs' worth of time.
+    pub fn detect(max_cpus: Option<f64>) -> Option<Self> {
         let memory = parent_for("memory", "memory")?;
         let pids = parent_for("pids", "pids")?;
         let cpuacct = parent_for("cpuacct", "cpuacct");
+        let cpu = parent_for("cpu", "cpu");
         let v1 = CgroupV1 {
             memory,
             pids,
             cpuacct,
+            cpu,
+            cpu_quota_us: max_cpus.map(|n| ((n * CFS_PERIOD_US as f64) as u64).max(1_000)),
         };
         v1.remove_stale();
         Some(v1)
     }
 
     fn parents(&self) -> impl Iterator<Item = &PathBuf> {
-        [Some(&self.memory), Some(&self.pids), self.cpuacct.as_ref()]
-            .into_iter()
-            .flatten()
+        [
+            Some(&self.memory),
+            Some(&self.pids),
+            self.cpuacct.as_ref(),
+            self.cpu.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// Empty and remove what servers that no longer run left behind (and our own leftovers
@@ -113,10 +130,12 @@ impl CgroupV1 {
         let memory = self.memory.join(name);
         let pids = self.pids.join(name);
         let cpuacct = self.cpuacct.as_ref().map(|p| p.join(name));
+        let cpu = self.cpu.as_ref().map(|p| p.join(name));
         let group = RunCgroup {
             memory,
             pids,
             cpuacct,
+            cpu,
         };
         for dir in group.dirs() {
             std::fs::create_dir(dir)?;
@@ -135,6 +154,13 @@ impl CgroupV1 {
         if let Some(n) = limits.processes {
             std::fs::write(group.pids.join("pids.max"), n.to_string())?;
         }
+        if let Some(cpu) = &group.cpu {
+            std::fs::write(cpu.join("cpu.shares"), RUN_CPU_SHARES.to_string())?;
+            if let Some(quota) = self.cpu_quota_us {
+                std::fs::write(cpu.join("cpu.cfs_period_us"), CFS_PERIOD_US.to_string())?;
+                std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string())?;
+            }
+        }
         Ok(group)
     }
 }
@@ -145,6 +171,7 @@ pub struct RunCgroup {
     memory: PathBuf,
     pids: PathBuf,
     cpuacct: Option<PathBuf>,
+    cpu: Option<PathBuf>,
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -183,9 +210,14 @@ fn kill_members(dir: &Path) {
 
 impl RunCgroup {
     fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
-        [Some(&self.memory), Some(&self.pids), self.cpuacct.as_ref()]
-            .into_iter()
-            .flatten()
+        [
+            Some(&self.memory),
+            Some(&self.pids),
+            self.cpuacct.as_ref(),
+            self.cpu.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// The `cgroup.procs` files a child writes `0` into (itself) before it execs, so

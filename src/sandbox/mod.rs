@@ -69,6 +69,8 @@ pub struct SandboxOptions {
     pub tmp_bytes: u64,
     /// A directory of the server's for files the sandbox reads (passwd, group, hosts).
     pub state_dir: PathBuf,
+    /// At most this many CPUs' worth of time per sandbox (`MAX_CPUS`).
+    pub max_cpus: Option<f64>,
 }
 
 /// A host path made visible inside the sandbox.
@@ -152,7 +154,11 @@ impl Sandbox {
     pub fn new(options: SandboxOptions) -> io::Result<Self> {
         let root = rustix::process::geteuid().is_root();
         let user = root.then_some((SANDBOX_ID, SANDBOX_ID));
-        let cgroups = if root { CgroupV1::detect() } else { None };
+        let cgroups = if root {
+            CgroupV1::detect(options.max_cpus)
+        } else {
+            None
+        };
         if cgroups.is_none() {
             tracing::warn!(
                 "no writable cgroup v1 memory/pids controllers: memory and process limits fall back to rlimits"
