@@ -170,11 +170,18 @@ async fn an_exec_client_that_leaves_stops_its_program() {
     let sid = new_session(&server).await;
     let mark = marker("exec");
     let client = reqwest::Client::new();
-    let call = client
-        .post(server.url("/v1/exec"))
-        .header("x-api-key", KEY_A)
-        .json(&json!({"lang": "bash", "code": "sleep 600", "session_id": sid, "args": [mark]}))
-        .send();
+    let call = async {
+        // A long answer starts after 2 s with its headers: the result is the whole body.
+        client
+            .post(server.url("/v1/exec"))
+            .header("x-api-key", KEY_A)
+            .json(&json!({"lang": "bash", "code": "sleep 600", "session_id": sid, "args": [mark]}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+    };
     let watch = async {
         wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
     };

@@ -27,6 +27,10 @@ async fn spinning_sessions_do_not_starve_another_tenants_run() {
                 .json(&json!({"lang": "bash", "code": "while :; do :; done", "timeout": 20000}))
                 .send()
                 .await
+                .unwrap()
+                // A long answer starts after 2 s with its headers: wait for the whole body.
+                .text()
+                .await
         }));
     }
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -26,7 +26,9 @@ async fn another_tenants_run_completes_while_one_tenant_fills_its_share() {
                 .send()
                 .await
                 .unwrap()
-                .status()
+                // A long answer starts after 2 s with its headers: wait for the whole body.
+                .text()
+                .await
         }));
     }
     // Let A's runs take their slots.
