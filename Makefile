@@ -22,7 +22,7 @@ endif
 E2E_BINARY ?= $(DEBUG_BIN)
 
 .PHONY: help install bootstrap run dev test lint format-check typecheck openapi bench \
-	e2e build build-debug check-rust
+	e2e build build-debug check-rust web ui-dev
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,10 +36,11 @@ dev: bootstrap build-debug ## Debug build, served with debug logs and request lo
 	DATA_DIR=$${DATA_DIR:-$(RUN_DATA_DIR)} LOG_LEVEL=$${LOG_LEVEL:-code_interpreter=debug,info} \
 		LOG_REQUESTS=$${LOG_REQUESTS:-true} ./$(DEBUG_BIN) serve
 
-test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, benchmark smoke, smoke scripts
+test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchmark smoke, smoke scripts
 	$(CARGO) test --locked
 	tests/mcp/run.sh -q
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/librechat/run.sh
+	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/browser/run.sh
 	# One smoke run of every benchmark scenario, so the harness cannot rot (no timing goals).
 	BENCH_BINARY=$(DEBUG_BIN) $(PYTHON) bench/run.py --quick --out target/bench-smoke
 	$(MAKE) --no-print-directory e2e
@@ -68,11 +69,20 @@ bench: bootstrap check-rust ## Benchmarks against same-run baselines (QUICK=1 fo
 bootstrap: ## Same as install
 	scripts/bootstrap
 
-build: check-rust ## Build the release binary (target/release)
+build: check-rust web ## Build the release binary (target/release), the playground first
 	$(CARGO) build --release --locked
 
 build-debug: check-rust ## Build the debug binary (target/debug)
 	$(CARGO) build --locked
+
+# The playground (web/ → web/dist, which the binary embeds). dist/ is committed, so
+# `cargo build` alone works; e2e/browser checks that it matches a fresh build.
+web: ## Build the playground (web/ into web/dist, which the binary embeds)
+	web/build.sh
+
+# Rebuild the playground on every change to web/src (then rebuild the server to embed it).
+ui-dev: ## Rebuild the playground on every change to web/src (rebuild the server to embed it)
+	web/build.sh --watch
 
 # The server is built from source: it needs Rust 1.85 or newer (edition 2024).
 check-rust: ## Check that a cargo >= 1.85 is there (scripts/find-cargo)

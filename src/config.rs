@@ -295,6 +295,15 @@ pub struct Settings {
     /// clients use. Default: localhost, 127.0.0.1, ::1 and `HOST`.
     #[arg(long, env = "MCP_ALLOWED_HOSTS", value_delimiter = ',', global = true)]
     pub mcp_allowed_hosts: Vec<String>,
+
+    /// Where a session's notebook (`.ipynb` of its Python cells) is written when the session
+    /// ends; unset: notebooks last as long as their sessions.
+    #[arg(long, env = "NOTEBOOKS_DIR", global = true)]
+    pub notebooks_dir: Option<PathBuf>,
+
+    /// Largest notebook per session in MiB; later cells are left out (the notebook says so).
+    #[arg(long, env = "NOTEBOOK_MAX_MB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096), global = true)]
+    pub notebook_max_mb: u64,
 }
 
 impl Settings {
@@ -310,6 +319,10 @@ impl Settings {
 
     pub fn kernel_memory_bytes(&self) -> Option<u64> {
         (self.max_memory_mb > 0).then(|| self.max_memory_mb * MIB)
+    }
+
+    pub fn notebook_max_bytes(&self) -> u64 {
+        self.notebook_max_mb * MIB
     }
 
     pub fn preload_modules(&self) -> Vec<String> {

@@ -6,6 +6,7 @@ mod doctor;
 mod exec;
 mod healthcheck;
 mod mcp;
+mod notebook;
 mod readiness;
 mod runtime;
 mod sandbox;

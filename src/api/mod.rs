@@ -9,8 +9,10 @@ mod auth;
 mod error;
 mod exec;
 mod files;
+mod notebook;
 mod openapi;
 mod system;
+mod web;
 mod wire;
 
 use std::sync::Arc;
@@ -89,6 +91,7 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
         .route("/sessions/{session_id}", delete(files::delete_session))
         .route("/sessions/{session_id}/interrupt", post(exec::interrupt))
         .route("/sessions/{session_id}/restart", post(exec::restart))
+        .route("/sessions/{session_id}/notebook", get(notebook::notebook))
         .route(
             "/sessions/{session_id}/objects/{file_id}",
             get(files::object_info).delete(files::delete_file),
@@ -105,7 +108,7 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
 
 fn public_routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(system::root))
+        .merge(web::routes())
         .route("/health", get(system::health))
         .route("/openapi.json", get(openapi::spec))
 }

@@ -13,7 +13,7 @@ use utoipa::openapi::server::Server;
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use super::{AppState, error, exec, files, system, wire};
+use super::{AppState, error, exec, files, notebook, system, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +37,7 @@ use super::{AppState, error, exec, files, system, wire};
         files::download,
         files::delete_file,
         files::delete_session,
+        notebook::notebook,
         system::health,
         system::metrics,
         system::libraries,
@@ -70,6 +71,7 @@ use super::{AppState, error, exec, files, system, wire};
         system::Health,
         system::ReadinessInfo,
         system::SandboxInfo,
+        system::SandboxLimits,
         system::KernelCounts,
         system::RuntimeLibraries,
         system::Library,
@@ -164,6 +166,11 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ),
     ("post", "/sessions/{session_id}/restart", "restartSession"),
     ("delete", "/sessions/{session_id}", "deleteSession"),
+    (
+        "get",
+        "/sessions/{session_id}/notebook",
+        "getSessionNotebook",
+    ),
     ("post", "/upload", "uploadFiles"),
     ("post", "/upload/batch", "uploadFilesBatch"),
     ("get", "/files/{session_id}", "listFiles"),
@@ -222,6 +229,20 @@ pub fn document(public_base_url: Option<&str>) -> String {
     let mut json = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned());
     json.push('\n');
     json
+}
+
+/// Every operation in the document: operation id → `"METHOD /path"`.
+pub fn operations() -> std::collections::BTreeMap<String, String> {
+    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            if let Some(id) = op["operationId"].as_str() {
+                out.insert(id.to_owned(), format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    out
 }
 
 /// The OpenAPI document (no key needed).

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -25,6 +25,40 @@ pub struct SandboxInfo {
     pub unprivileged_uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    pub limits: SandboxLimits,
+}
+
+/// The limits every run is held to (`null`: off).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SandboxLimits {
+    /// Memory of a Python kernel's sandbox, MiB.
+    pub memory_mb: Option<u64>,
+    /// Memory of a one-shot run's sandbox, MiB.
+    pub one_shot_memory_mb: Option<u64>,
+    pub processes: Option<u64>,
+    /// Wall-clock seconds per run.
+    pub timeout_seconds: u64,
+    pub disk_quota_mb: Option<u64>,
+    pub tmp_mb: u64,
+    /// Output kept per stream, bytes.
+    pub max_output_bytes: u64,
+    pub max_upload_bytes: u64,
+}
+
+impl SandboxLimits {
+    fn of(s: &crate::config::Settings) -> Self {
+        let mib = |b: Option<u64>| b.map(|b| b / (1024 * 1024));
+        SandboxLimits {
+            memory_mb: mib(s.kernel_memory_bytes()),
+            one_shot_memory_mb: mib(s.one_shot_memory_bytes()),
+            processes: (s.max_processes > 0).then_some(s.max_processes),
+            timeout_seconds: s.execution_timeout,
+            disk_quota_mb: mib(s.session_disk_quota_bytes()),
+            tmp_mb: s.sandbox_tmp_mb,
+            max_output_bytes: s.max_output_bytes,
+            max_upload_bytes: s.max_upload_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -141,6 +175,7 @@ pub async fn health(
             seccomp: iso.seccomp,
             unprivileged_uid: iso.unprivileged_uid,
             warning,
+            limits: SandboxLimits::of(&state.settings),
         },
         runtimes: versions,
         kernels: KernelCounts {
@@ -270,30 +305,26 @@ pub struct RootInfo {
     pub name: String,
     pub version: String,
     pub features: Vec<String>,
+    /// Every route, by operation id: `"METHOD /path"` (also served under `/v1`).
     pub endpoints: std::collections::BTreeMap<String, String>,
+    /// Whether the protected routes need an API key.
+    pub auth_required: bool,
 }
 
-fn root_info() -> RootInfo {
-    let endpoints = [
-        ("exec", "POST /exec"),
-        ("libraries", "GET /libraries?runtime="),
-        ("upload", "POST /upload"),
-        ("upload_batch", "POST /upload/batch"),
-        (
-            "files",
-            "GET /files/{session_id}?detail=simple|summary|full",
-        ),
-        ("download", "GET /download/{session_id}/{file_id}"),
-        ("delete_file", "DELETE /files/{session_id}/{file_id}"),
-        ("delete_session", "DELETE /sessions/{session_id}"),
-        ("health", "GET /health"),
-        ("metrics", "GET /metrics"),
-        ("openapi", "GET /openapi.json"),
-        ("docs", "GET /docs"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+/// Routes outside the OpenAPI document (which lists every REST route).
+const OTHER_ENDPOINTS: &[(&str, &str)] = &[
+    ("mcp", "POST /mcp"),
+    ("docs", "GET /docs"),
+    ("playground", "GET / (Accept: text/html)"),
+];
+
+fn root_info(state: &AppState) -> RootInfo {
+    let mut endpoints = super::openapi::operations();
+    endpoints.extend(
+        OTHER_ENDPOINTS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     RootInfo {
         name: "code-interpreter".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -301,42 +332,36 @@ fn root_info() -> RootInfo {
             "files",
             "sessions",
             "librechat-code-api",
+            "streaming",
+            "notebooks",
+            "mcp",
+            "playground",
             "openapi",
             "metrics",
         ]
         .map(String::from)
         .to_vec(),
         endpoints,
+        auth_required: !state.auth.is_open(),
     }
 }
 
-/// The server's name, version and routes (JSON), or a short page for browsers.
+/// The playground for browsers (`Accept: text/html`); otherwise the server's name, version
+/// and routes as JSON.
 #[utoipa::path(
     get, path = "/", tag = "system",
-    responses((status = 200, body = RootInfo))
+    responses((status = 200, body = RootInfo, description = "JSON, or the playground's HTML page for `Accept: text/html`"))
 )]
-pub async fn root(headers: HeaderMap) -> Response {
+pub async fn root(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/html"));
-    if !wants_html {
-        return Json(root_info()).into_response();
+    if wants_html {
+        super::web::index(&headers)
+    } else {
+        Json(root_info(&state)).into_response()
     }
-    let info = root_info();
-    let rows: String = info
-        .endpoints
-        .values()
-        .map(|e| format!("<li><code>{}</code></li>", e.replace('<', "&lt;")))
-        .collect();
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>code-interpreter</title></head>\
-         <body><h1>code-interpreter {}</h1><p>A sandboxed code interpreter for AI agents. \
-         The API is described at <a href=\"/docs\">/docs</a> (<a href=\"/openapi.json\">openapi.json</a>).</p>\
-         <ul>{rows}</ul></body></html>",
-        info.version
-    ))
-    .into_response()
 }
 
 /// LibreChat 3.x programmatic tool calling is not built yet.

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::notebook::Notebooks;
 use crate::runtime::process::{ProcessRuntime, RunRequest};
 use crate::runtime::python::{PythonError, PythonRuntime};
 use crate::runtime::{self, Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
@@ -373,6 +374,7 @@ pub struct ExecService {
     turns: Arc<SessionTurns>,
     slots: Arc<RunSlots>,
     active: Mutex<HashMap<String, ActiveRun>>,
+    notebooks: Arc<Notebooks>,
 }
 
 impl ExecService {
@@ -388,6 +390,7 @@ impl ExecService {
             settings.concurrent_runs_per_tenant(),
             settings.max_queued_runs_per_tenant as usize,
         );
+        let notebooks = Arc::new(Notebooks::from_settings(Arc::clone(&store), &settings));
         ExecService {
             store,
             process,
@@ -396,7 +399,13 @@ impl ExecService {
             turns,
             slots,
             active: Mutex::default(),
+            notebooks,
         }
+    }
+
+    /// Every session's Python cells, as notebooks.
+    pub fn notebooks(&self) -> &Arc<Notebooks> {
+        &self.notebooks
     }
 
     /// The runtimes behind this service (versions, libraries).
@@ -432,7 +441,10 @@ impl ExecService {
         if language == Language::Python {
             self.python.check_room(&session.id).await?;
         }
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, mut rx) = mpsc::channel(256);
+        if language == Language::Python {
+            rx = self.notebooks.record(&session.id, &req.code, rx);
+        }
         let token = CancellationToken::new();
         let service = Arc::clone(self);
         let session_id = session.id.clone();
@@ -552,7 +564,9 @@ impl ExecService {
         self.cancel_active(session_id);
         let _turn = self.turns.take(session_id).await;
         self.python.forget(session_id);
-        Ok(self.store.delete_session(tenant, session_id).await?)
+        let deleted = self.store.delete_session(tenant, session_id).await?;
+        self.notebooks.finish(session_id).await;
+        Ok(deleted)
     }
 
     /// Delete sessions idle for longer than `ttl` (and stop their kernels), checking often
@@ -571,6 +585,7 @@ impl ExecService {
                         for id in &gone {
                             this.cancel_active(id);
                             this.python.forget(id);
+                            this.notebooks.finish(id).await;
                         }
                     }
                     Ok(_) => {}

@@ -69,6 +69,8 @@ const NOTABLE_PYTHON_PACKAGES: &[&str] = &[
     "beautifulsoup4",
 ];
 
+/// What a notebook resource is.
+const NOTEBOOK_MIME: &str = "application/x-ipynb+json";
 /// Sessions listed as resources per MCP session, newest last.
 const REMEMBERED_SESSIONS: usize = 32;
 /// Resources one `resources/list` answers with.
@@ -834,7 +836,14 @@ impl ServerHandler for McpServer {
                 "A file under /mnt/data in a session; session_id as execute_code returned it, \
                  name as the path relative to /mnt/data.",
             );
-        let result = ListResourceTemplatesResult::with_all_items(vec![template]);
+        let notebook = ResourceTemplate::new(uri::NOTEBOOK_TEMPLATE, "session-notebook")
+            .with_title("A code session's notebook")
+            .with_description(
+                "Every Python cell the session ran, with its outputs and images, as a Jupyter \
+                 notebook (nbformat 4).",
+            )
+            .with_mime_type(NOTEBOOK_MIME);
+        let result = ListResourceTemplatesResult::with_all_items(vec![template, notebook]);
         Ok(uncached(&ctx, result, |r, ttl, scope| {
             r.with_ttl_ms(ttl).with_cache_scope(scope)
         }))
@@ -888,6 +897,11 @@ impl McpServer {
             if store.session(&tenant, sid).await?.is_none() {
                 continue;
             }
+            resources.push(
+                Resource::new(uri::notebook_uri(sid), format!("session-{sid}.ipynb"))
+                    .with_description(format!("The Python cells of session {sid} as a notebook"))
+                    .with_mime_type(NOTEBOOK_MIME),
+            );
             for meta in store.list_files(sid).await? {
                 if resources.len() >= MAX_LISTED_RESOURCES {
                     break;
@@ -913,11 +927,15 @@ impl McpServer {
         ctx: &RequestContext<RoleServer>,
     ) -> ToolResult<ReadResourceResult> {
         let tenant = self.tenant(ctx)?;
+        if let Some(session_id) = uri::parse_notebook(uri) {
+            return self.notebook(&tenant, session_id, uri).await;
+        }
         let (session_id, name) = uri::parse(uri).ok_or_else(|| {
             ToolError::BadArguments(format!(
-                "'{}' is not a session file; resources here are {}.",
+                "'{}' is not a session file or notebook; resources here are {} and {}.",
                 uri.escape_debug(),
-                uri::TEMPLATE
+                uri::TEMPLATE,
+                uri::NOTEBOOK_TEMPLATE
             ))
         })?;
         let session = if is_valid_id(&session_id) {
@@ -941,6 +959,34 @@ impl McpServer {
                 ))
             })?;
         Ok(ReadResourceResult::new(vec![self.contents(&meta).await?]))
+    }
+
+    async fn notebook(
+        &self,
+        tenant: &Tenant,
+        session_id: &str,
+        uri: &str,
+    ) -> ToolResult<ReadResourceResult> {
+        let session = if is_valid_id(session_id) {
+            self.backend.store.session(tenant, session_id).await?
+        } else {
+            None
+        }
+        .ok_or_else(|| ToolError::session_not_found(session_id))?;
+        let notebook = self
+            .backend
+            .exec
+            .notebooks()
+            .notebook(&session.id)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "a notebook could not be read");
+                ToolError::Failed("The notebook could not be read; try again.".to_owned())
+            })?;
+        let text = serde_json::to_string_pretty(&notebook).unwrap_or_default();
+        Ok(ReadResourceResult::new(vec![
+            ResourceContents::text(text, uri).with_mime_type(NOTEBOOK_MIME),
+        ]))
     }
 }
 

@@ -19,6 +19,19 @@ const NAME_KEEPS: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
+/// A session's notebook (its Python cells as `.ipynb`).
+pub const NOTEBOOK_TEMPLATE: &str = "notebook://{session_id}";
+const NOTEBOOK_SCHEME: &str = "notebook://";
+
+pub fn notebook_uri(session_id: &str) -> String {
+    format!("{NOTEBOOK_SCHEME}{session_id}")
+}
+
+/// The session id of a `notebook://` URI.
+pub fn parse_notebook(uri: &str) -> Option<&str> {
+    uri.strip_prefix(NOTEBOOK_SCHEME).filter(|s| !s.is_empty())
+}
+
 pub fn file_uri(session_id: &str, name: &str) -> String {
     format!(
         "{SCHEME}{session_id}/{}",
@@ -63,6 +76,14 @@ mod tests {
             parse("session://abc/out%2Fa.txt"),
             Some(("abc".to_owned(), "out/a.txt".to_owned()))
         );
+    }
+
+    #[test]
+    fn a_notebook_uri_names_its_session() {
+        let uri = notebook_uri("abcdefghij_klmnopq-rs");
+        assert_eq!(parse_notebook(&uri), Some("abcdefghij_klmnopq-rs"));
+        assert_eq!(parse_notebook("notebook://"), None);
+        assert_eq!(parse(&uri), None);
     }
 
     #[test]

@@ -206,13 +206,32 @@ async def test_session_files_are_resources_to_list_and_read(connect):
         sid = made.structured_content["session_id"]
         uri = f"session://{sid}/notes.txt"
         templates = (await session.list_resource_templates()).resource_templates
-        assert [t.uri_template for t in templates] == ["session://{session_id}/{name}"]
+        assert [t.uri_template for t in templates] == ["session://{session_id}/{name}", "notebook://{session_id}"]
         listed = (await session.list_resources()).resources
         assert uri in {str(r.uri) for r in listed}
         read = await session.read_resource(uri)
         assert read.contents[0].text == "remember me"
         with pytest.raises(MCPError):
             await session.read_resource(f"session://{sid}/missing.txt")
+
+
+async def test_a_sessions_notebook_is_a_resource(connect):
+    async with connect() as (session, _):
+        made = await run(session, "print('in the notebook')\n6 * 7")
+        assert not made.is_error, texts(made)
+        sid = made.structured_content["session_id"]
+        uri = f"notebook://{sid}"
+        listed = (await session.list_resources()).resources
+        assert uri in {str(r.uri) for r in listed}
+        read = await session.read_resource(uri)
+        assert read.contents[0].mime_type == "application/x-ipynb+json"
+        notebook = json.loads(read.contents[0].text)
+        assert notebook["nbformat"] == 4
+        cell = notebook["cells"][-1]
+        assert cell["source"] == "print('in the notebook')\n6 * 7"
+        assert [o["output_type"] for o in cell["outputs"]] == ["stream", "execute_result"]
+        with pytest.raises(MCPError):
+            await session.read_resource("notebook://AAAAAAAAAAAAAAAAAAAAA")
 
 
 async def test_bad_arguments_are_protocol_errors_and_failed_runs_are_error_results(connect):
