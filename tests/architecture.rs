@@ -58,7 +58,14 @@ fn offending(modules: &[&str], needles: &[&str]) -> Vec<String> {
 #[test]
 fn only_api_and_mcp_know_http_and_mcp() {
     let found = offending(
-        &["exec", "runtime", "sandbox", "store", "session.rs"],
+        &[
+            "exec",
+            "runtime",
+            "sandbox",
+            "store",
+            "session.rs",
+            "notebook.rs",
+        ],
         &[
             "axum",
             "rmcp",

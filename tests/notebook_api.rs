@@ -231,11 +231,18 @@ async fn an_ended_session_leaves_its_notebook_in_notebooks_dir() {
 async fn an_expired_session_leaves_its_notebook_too() {
     let keep = tempfile::tempdir().unwrap();
     let dir = keep.path().join("nb");
+    // A warm kernel makes the cell quick, so the session does not expire while it runs.
     let server = TestServer::start(&[
         ("NOTEBOOKS_DIR", dir.to_str().unwrap()),
-        ("SESSION_TTL_SECONDS", "2"),
+        ("SESSION_TTL_SECONDS", "4"),
+        ("KERNEL_POOL_SIZE", "1"),
     ])
     .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.health().await["kernels"]["pooled"].as_u64() != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "no kernel was pooled");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let sid = run(&server, None, "21 * 2").await["session_id"]
         .as_str()
         .unwrap()
