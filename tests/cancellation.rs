@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{KEY_A, TestServer, exec};
+use common::{KEY_A, TestServer, exec, exec_in_background, session_action};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -227,31 +227,14 @@ async fn interrupt_stops_a_one_shot_program_and_reports_it() {
     let server = TestServer::start(&[]).await;
     let sid = new_session(&server).await;
     let mark = marker("interrupt");
-    let body = json!({"lang": "bash", "code": "sleep 600", "session_id": sid, "args": [mark]});
-    let run = {
-        let client = server.client.clone();
-        let url = server.url("/v1/exec");
-        tokio::spawn(async move {
-            let resp = client
-                .post(url)
-                .header("x-api-key", KEY_A)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            resp.json::<Value>().await.unwrap()
-        })
-    };
+    let run = exec_in_background(
+        &server,
+        KEY_A,
+        json!({"lang": "bash", "code": "sleep 600", "session_id": sid, "args": [mark]}),
+    );
     wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
-    let resp = server
-        .client
-        .post(server.url(&format!("/v1/sessions/{sid}/interrupt")))
-        .header("x-api-key", KEY_A)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let action: Value = resp.json().await.unwrap();
+    let (status, action) = session_action(&server, KEY_A, &sid, "interrupt").await;
+    assert_eq!(status, 200);
     assert_eq!(action["applied"], true, "{action}");
     let result = tokio::time::timeout(Duration::from_secs(30), run)
         .await
@@ -261,16 +244,7 @@ async fn interrupt_stops_a_one_shot_program_and_reports_it() {
     assert!(processes_with(&mark).is_empty());
     next_call_works(&server, &sid).await;
     // Nothing runs now: an interrupt has nothing to act on.
-    let idle: Value = server
-        .client
-        .post(server.url(&format!("/v1/sessions/{sid}/interrupt")))
-        .header("x-api-key", KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, idle) = session_action(&server, KEY_A, &sid, "interrupt").await;
     assert_eq!(idle["applied"], false, "{idle}");
 }
 
@@ -279,23 +253,11 @@ async fn deleting_a_session_stops_its_run_first() {
     let server = TestServer::start(&[]).await;
     let sid = new_session(&server).await;
     let mark = marker("delete");
-    let body = json!({"lang": "bash", "code": "while true; do date > ticks.txt; sleep 0.05; done", "session_id": sid, "args": [mark]});
-    let run = {
-        let client = server.client.clone();
-        let url = server.url("/v1/exec");
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .header("x-api-key", KEY_A)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let run = exec_in_background(
+        &server,
+        KEY_A,
+        json!({"lang": "bash", "code": "while true; do date > ticks.txt; sleep 0.05; done", "session_id": sid, "args": [mark]}),
+    );
     wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
     let resp = server
         .delete(&format!("/v1/sessions/{sid}"), KEY_A)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{KEY_A, KEY_B, TestServer, exec};
+use common::{KEY_A, KEY_B, TestServer, exec, exec_in_background};
 use serde_json::json;
 
 /// The v1 `cpu` controller's group for this server's runs, when the host has one.
@@ -16,23 +16,15 @@ fn runs_cpu_dir(server: &TestServer) -> Option<std::path::PathBuf> {
 #[tokio::test]
 async fn spinning_sessions_do_not_starve_another_tenants_run() {
     let server = TestServer::start(&[("MAX_CONCURRENT_RUNS", "8")]).await;
-    let mut spinners = Vec::new();
-    for _ in 0..4 {
-        let client = server.client.clone();
-        let url = server.url("/v1/exec");
-        spinners.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("x-api-key", KEY_A)
-                .json(&json!({"lang": "bash", "code": "while :; do :; done", "timeout": 20000}))
-                .send()
-                .await
-                .unwrap()
-                // A long answer starts after 2 s with its headers: wait for the whole body.
-                .text()
-                .await
-        }));
-    }
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            exec_in_background(
+                &server,
+                KEY_A,
+                json!({"lang": "bash", "code": "while :; do :; done", "timeout": 20000}),
+            )
+        })
+        .collect();
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     if let Some(dir) = runs_cpu_dir(&server) {
         let groups: Vec<_> = std::fs::read_dir(&dir)

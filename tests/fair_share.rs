@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{KEY_A, KEY_B, TestServer, exec};
+use common::{KEY_A, KEY_B, TestServer, exec, exec_in_background};
 use serde_json::json;
 
 #[tokio::test]
@@ -14,23 +14,15 @@ async fn another_tenants_run_completes_while_one_tenant_fills_its_share() {
         ("MAX_CONCURRENT_RUNS_PER_TENANT", "3"),
     ])
     .await;
-    let mut floods = Vec::new();
-    for _ in 0..8 {
-        let client = server.client.clone();
-        let url = server.url("/v1/exec");
-        floods.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("x-api-key", KEY_A)
-                .json(&json!({"lang": "bash", "code": "sleep 20; echo done"}))
-                .send()
-                .await
-                .unwrap()
-                // A long answer starts after 2 s with its headers: wait for the whole body.
-                .text()
-                .await
-        }));
-    }
+    let floods: Vec<_> = (0..8)
+        .map(|_| {
+            exec_in_background(
+                &server,
+                KEY_A,
+                json!({"lang": "bash", "code": "sleep 20; echo done"}),
+            )
+        })
+        .collect();
     // Let A's runs take their slots.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let (status, body) = exec(&server, KEY_B, json!({"lang": "bash", "code": "echo hi"})).await;
@@ -56,16 +48,11 @@ async fn a_tenant_whose_queue_is_full_gets_429_and_others_do_not() {
     .await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let client = server.client.clone();
-        let url = server.url("/v1/exec");
-        held.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("x-api-key", KEY_A)
-                .json(&json!({"lang": "bash", "code": "sleep 20"}))
-                .send()
-                .await
-        }));
+        held.push(exec_in_background(
+            &server,
+            KEY_A,
+            json!({"lang": "bash", "code": "sleep 20"}),
+        ));
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     }
     // One of A's runs holds A's share, one waits: a third is refused before it starts.

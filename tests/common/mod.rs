@@ -260,6 +260,46 @@ pub async fn exec(
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// POST /exec in a task of its own; the task ends with the whole answer (a long answer sends
+/// its headers after 2 s, then spaces, then the JSON). Aborting the task drops the client.
+pub fn exec_in_background(
+    server: &TestServer,
+    key: &str,
+    body: serde_json::Value,
+) -> tokio::task::JoinHandle<serde_json::Value> {
+    let client = server.client.clone();
+    let url = server.url("/v1/exec");
+    let key = key.to_owned();
+    tokio::spawn(async move {
+        let resp = client
+            .post(url)
+            .header("x-api-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        resp.json().await.unwrap_or(serde_json::Value::Null)
+    })
+}
+
+/// POST a session action (`interrupt`, `restart`) and return its JSON answer.
+pub async fn session_action(
+    server: &TestServer,
+    key: &str,
+    session_id: &str,
+    action: &str,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let resp = server
+        .client
+        .post(server.url(&format!("/v1/sessions/{session_id}/{action}")))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 pub fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
