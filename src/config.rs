@@ -252,6 +252,11 @@ pub struct Settings {
     #[arg(long, env = "KERNEL_IDLE_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub kernel_idle_seconds: u64,
 
+    /// Largest message a Python kernel may send, in bytes, counting what its JSON takes once
+    /// parsed; a larger output is dropped with a note in stderr.
+    #[arg(long, env = "KERNEL_MAX_MESSAGE_BYTES", default_value_t = 32 * MIB, value_parser = clap::value_parser!(u64).range(65536..), global = true)]
+    pub kernel_max_message_bytes: u64,
+
     /// How long a Python call waits for a kernel slot when all are busy, before a 429.
     #[arg(long, env = "QUEUE_WAIT_SECONDS", default_value_t = 30, global = true)]
     pub queue_wait_seconds: u64,

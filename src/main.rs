@@ -30,12 +30,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 fn init_logging(settings: &Settings) -> anyhow::Result<()> {
-    // zeromq logs every peer reconnect, rmcp every MCP session and notification, at info:
-    // quiet unless asked for by name.
+    // rmcp logs every MCP session and notification at info: quiet unless asked for by name.
     let directives = if settings.log_level.contains('=') {
         settings.log_level.clone()
     } else {
-        format!("{},zeromq=warn,rmcp=warn", settings.log_level)
+        format!("{},rmcp=warn", settings.log_level)
     };
     let filter = EnvFilter::try_new(&directives).with_context(|| {
         format!(
@@ -264,6 +263,7 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
             },
             queue_wait: Duration::from_secs(settings.queue_wait_seconds),
             max_output_bytes: settings.max_output_bytes,
+            max_message_bytes: settings.kernel_max_message_bytes,
         },
         Arc::clone(&turns),
     )

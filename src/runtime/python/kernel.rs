@@ -4,19 +4,29 @@
 //!
 //! The kernel listens on `ipc` sockets in a short per-kernel directory on the host, bound
 //! at `/run/kernel` inside the sandbox (its network namespace has no interfaces, so TCP is
-//! not an option). Socket paths must stay under 107 bytes.
+//! not an option). Socket paths must stay under 107 bytes. Once the kernel has made its
+//! sockets the directory becomes the server's and read-only to the kernel, so nothing can
+//! be stored there or swapped in.
+//!
+//! User code shares the kernel's process, so it can write anything into the connections
+//! the server reads. What the server keeps per kernel is bounded: one message being read
+//! (`zmtp`, at most `KERNEL_MAX_MESSAGE_BYTES`), and routed messages waiting for their
+//! cell (a budget of [`ROUTED_BUDGET_MESSAGES`] such messages). A kernel that breaks the
+//! protocol is killed; its cell and session are told so.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket};
 
-use super::wire::{Codec, Message};
+use super::wire::{Codec, Message, WireError};
+use super::zmtp::{self, Incoming, ZmtpError};
 use crate::sandbox::{Handle, Job, Limits, Mount, Sandbox};
 
 /// Where the socket directory appears inside the sandbox.
@@ -34,6 +44,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STARTUP: &str = include_str!("startup.py");
 /// How long an interrupted cell gets to finish before the kernel is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// Routed messages waiting for their cell may hold this many maximal messages' worth of
+/// memory; past it the kernel's readers wait (and the kernel's own queues fill).
+const ROUTED_BUDGET_MESSAGES: u64 = 2;
+/// Messages waiting for their cell, at most (small ones; the byte budget bounds big ones).
+const ROUTED_QUEUE: usize = 256;
+/// The routing budget in permits; one permit is `ROUTED_BUDGET_MESSAGES × limit / PERMITS`
+/// bytes.
+const PERMITS: u32 = 1 << 16;
+/// How long a dead kernel's last messages may take to be read before its cell is told.
+const DRAIN_AFTER_DEATH: Duration = Duration::from_secs(1);
+/// Messages bigger than this are checked and parsed on a blocking thread.
+const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
+/// How much of the kernel process's own stdout/stderr is read (and logged) at once.
+const LOG_CHUNK: usize = 8 * 1024;
 
 /// Output of a cell as the kernel reports it.
 #[derive(Debug, Clone)]
@@ -65,6 +89,8 @@ pub enum CellEnd {
     Killed,
     /// The kernel process died during the cell (os._exit, a crash, the memory limit).
     Died,
+    /// The kernel sent what no Jupyter kernel sends and was killed for it.
+    ProtocolBroken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +105,15 @@ pub enum KernelError {
     Gone,
 }
 
-type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>>;
+/// What a reader hands to the cell waiting for it.
+enum Routed {
+    /// A message with its share of the kernel's routing budget.
+    Message(Message, #[allow(dead_code)] OwnedSemaphorePermit),
+    /// A message too big to keep was thrown away.
+    Dropped { bytes: u64 },
+}
+
+type Routes = Arc<Mutex<HashMap<String, mpsc::Sender<Routed>>>>;
 
 /// What a kernel launch needs from its owner.
 pub struct KernelSpec<'a> {
@@ -89,33 +123,130 @@ pub struct KernelSpec<'a> {
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     pub limits: Limits,
+    /// `KERNEL_MAX_MESSAGE_BYTES`.
+    pub max_message_bytes: u64,
 }
 
 pub struct Kernel {
     codec: Codec,
-    shell: tokio::sync::Mutex<zeromq::DealerSendHalf>,
-    control: tokio::sync::Mutex<DealerSocket>,
+    shell: tokio::sync::Mutex<zmtp::Sender>,
+    control: tokio::sync::Mutex<zmtp::Sender>,
+    /// Never written after the subscription, but dropping it would end the connection.
+    _iopub: zmtp::Sender,
     routes: Routes,
     alive: watch::Receiver<bool>,
-    handle: Handle,
+    handle: Arc<Handle>,
     socket_dir: PathBuf,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    broken: Broken,
+    max_message_bytes: u64,
+}
+
+/// Why the kernel was stopped for breaking the protocol, once it was.
+type Broken = Arc<Mutex<Option<String>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a channel's reader shares with the kernel.
+struct ReaderContext {
+    channel: &'static str,
+    codec: Codec,
+    routes: Routes,
+    budget: Arc<Semaphore>,
+    /// One permit stands for this many bytes (`Semaphore` counts in `u32`).
+    permit_bytes: u64,
+    broken: Broken,
+    handle: Arc<Handle>,
+}
+
+impl ReaderContext {
+    /// Read one channel until it ends. A message goes to whoever waits for its parent's
+    /// `msg_id`; anything a real kernel never sends kills the kernel.
+    async fn run(self, mut rx: zmtp::Receiver) {
+        loop {
+            let frames = match rx.recv().await {
+                Ok(Incoming::Message(frames)) => frames,
+                Ok(Incoming::Dropped { bytes }) => {
+                    self.dropped(bytes);
+                    continue;
+                }
+                Err(ZmtpError::Violation(v)) => return self.break_off(v.to_string()),
+                Err(_) => return, // The kernel is gone; the watcher tells its cell.
+            };
+            match self.decode(frames).await {
+                Ok(message) => self.deliver(message).await,
+                Err(WireError::TooLarge { bytes }) => self.dropped(bytes),
+                Err(err) => return self.break_off(err.to_string()),
+            }
+        }
+    }
+
+    async fn decode(&self, frames: Vec<Bytes>) -> Result<Message, WireError> {
+        let size: usize = frames.iter().map(Bytes::len).sum();
+        if size < BLOCKING_DECODE_BYTES {
+            return self.codec.decode(frames);
+        }
+        // Hashing and parsing megabytes would hold up a runtime thread.
+        let codec = self.codec.clone();
+        tokio::task::spawn_blocking(move || codec.decode(frames))
+            .await
+            .unwrap_or(Err(WireError::NoDelimiter))
+    }
+
+    async fn deliver(&self, message: Message) {
+        let Some(tx) = message
+            .parent_id()
+            .and_then(|parent| lock(&self.routes).get(parent).cloned())
+        else {
+            return; // Nobody waits for it (an old cell's, or a forgery).
+        };
+        // A message takes its share of the budget, and never more than all of it.
+        let permits = (message.size as u64 / self.permit_bytes + 1).min(u64::from(PERMITS)) as u32;
+        let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(permits).await else {
+            return;
+        };
+        let _ = tx.send(Routed::Message(message, permit)).await;
+    }
+
+    /// Tell every waiting cell that one of its outputs was too big to keep.
+    fn dropped(&self, bytes: u64) {
+        tracing::warn!(
+            channel = self.channel,
+            bytes,
+            "dropped an oversized kernel message"
+        );
+        for tx in lock(&self.routes).values() {
+            let _ = tx.try_send(Routed::Dropped { bytes });
+        }
+    }
+
+    fn break_off(&self, reason: String) {
+        tracing::warn!(channel = self.channel, %reason, "stopping a kernel that broke the protocol");
+        lock(&self.broken).get_or_insert(reason);
+        self.handle.kill_tree();
+    }
+}
+
+/// The connected channels, before they become a `Kernel`.
+struct Channels {
+    codec: Codec,
+    shell: zmtp::Sender,
+    control: zmtp::Sender,
+    iopub: zmtp::Sender,
     readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn lock(
-    routes: &Routes,
-) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Message>>> {
-    routes.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Hand each message to whoever waits for its parent's `msg_id`.
-fn route(routes: &Routes, message: Message) {
-    let Some(parent) = message.parent_id().map(str::to_owned) else {
-        return;
-    };
-    if let Some(tx) = lock(routes).get(&parent) {
-        let _ = tx.send(message);
-    }
+/// Log what the kernel process itself writes to stdout/stderr, in bounded chunks (user code
+/// can write there too, without ever ending a line).
+fn drain_log(kernel: String, mut pipe: impl tokio::io::AsyncRead + Send + Unpin + 'static) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; LOG_CHUNK];
+        while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+            tracing::debug!(%kernel, "{}", String::from_utf8_lossy(&buf[..n]).trim_end());
+        }
+    });
 }
 
 impl Kernel {
@@ -162,64 +293,84 @@ impl Kernel {
             limits: spec.limits,
         };
         let mut process = sandbox.spawn(&job, &format!("kernel-{id}"))?;
-        // The kernel's own logs: drain them so it never blocks on a full pipe.
-        for pipe in [
-            process
-                .child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            process
-                .child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let kernel = id.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncBufReadExt;
-                let mut lines = tokio::io::BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!(%kernel, "{line}");
-                }
-            });
+        if let Some(out) = process.child.stdout.take() {
+            drain_log(id.clone(), out);
+        }
+        if let Some(err) = process.child.stderr.take() {
+            drain_log(id.clone(), err);
         }
         let (mut child, handle) = process.into_parts();
+        let handle = Arc::new(handle);
         let (alive_tx, alive) = watch::channel(true);
         let routes: Routes = Arc::default();
+        let iopub_done = Arc::new(Notify::new());
         let watcher = {
             let routes = Arc::clone(&routes);
+            let iopub_done = Arc::clone(&iopub_done);
             tokio::spawn(async move {
                 let _ = child.wait().await;
                 let _ = alive_tx.send(false);
+                // What the kernel sent just before it died (the line before an OOM kill) is
+                // still in the socket: let the iopub reader reach the end first.
+                let _ = tokio::time::timeout(DRAIN_AFTER_DEATH, iopub_done.notified()).await;
                 // Every waiting cell sees its channel close: the kernel died under it.
                 lock(&routes).clear();
             })
         };
 
         let started = Instant::now();
-        let mut kernel = match Self::connect(&socket_dir, &key, &id, &alive, started, &routes).await
-        {
-            Ok((codec, shell, control, readers)) => Kernel {
-                codec,
-                shell: tokio::sync::Mutex::new(shell),
-                control: tokio::sync::Mutex::new(control),
+        let broken = Broken::default();
+        let connected = tokio::time::timeout(
+            START_TIMEOUT,
+            Self::connect(
+                &socket_dir,
+                &key,
+                &id,
+                &alive,
+                &routes,
+                &broken,
+                &handle,
+                &iopub_done,
+                spec.max_message_bytes,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(KernelError::Start(
+                "its sockets did not answer in time".into(),
+            ))
+        });
+        let mut kernel = match connected {
+            Ok(channels) => Kernel {
+                codec: channels.codec,
+                shell: tokio::sync::Mutex::new(channels.shell),
+                control: tokio::sync::Mutex::new(channels.control),
+                _iopub: channels.iopub,
                 routes,
                 alive,
                 handle,
                 socket_dir,
-                readers,
+                readers: channels.readers,
+                broken,
+                max_message_bytes: spec.max_message_bytes,
             },
             Err(err) => {
                 handle.kill_tree();
+                watcher.abort();
                 let _ = std::fs::remove_dir_all(&socket_dir);
                 return Err(err);
             }
         };
         kernel.readers.push(watcher);
+        // The sockets exist and are connected: from now on the kernel may neither add files
+        // to its runtime directory nor replace a socket there.
+        if sandbox.user().is_some() {
+            std::os::unix::fs::chown(&kernel.socket_dir, Some(0), Some(0))?;
+            std::fs::set_permissions(
+                &kernel.socket_dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )?;
+        }
         kernel.wait_ready(started).await?;
         let (tx, _rx) = mpsc::channel(16);
         let deadline = Instant::now() + START_TIMEOUT;
@@ -233,96 +384,103 @@ impl Kernel {
         Ok(kernel)
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     async fn connect(
         dir: &Path,
         key: &str,
         id: &str,
         alive: &watch::Receiver<bool>,
-        started: Instant,
         routes: &Routes,
-    ) -> Result<
-        (
-            Codec,
-            zeromq::DealerSendHalf,
-            DealerSocket,
-            Vec<tokio::task::JoinHandle<()>>,
-        ),
-        KernelError,
-    > {
-        // Connect only once the kernel has made its sockets: zeromq's reconnect back-off
-        // would otherwise cost over 100 ms.
+        broken: &Broken,
+        handle: &Arc<Handle>,
+        iopub_done: &Arc<Notify>,
+        max_message_bytes: u64,
+    ) -> Result<Channels, KernelError> {
+        // Connect only once the kernel has made every socket.
         let path = |port: u16| dir.join(format!("k-{port}"));
-        loop {
-            if PORTS.iter().all(|(_, p)| path(*p).exists()) {
-                break;
-            }
+        let is_socket = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        };
+        while !PORTS.iter().all(|(_, p)| is_socket(&path(*p))) {
             if !*alive.borrow() {
                 return Err(KernelError::Start(
                     "the kernel process exited during start-up".into(),
                 ));
             }
-            if started.elapsed() > START_TIMEOUT {
-                return Err(KernelError::Start(
-                    "its sockets did not appear in time".into(),
-                ));
-            }
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
-        let endpoint = |port: u16| format!("ipc://{}", path(port).display());
-        let zmq_err = |e: zeromq::ZmqError| KernelError::Start(e.to_string());
-
-        let mut shell = DealerSocket::new();
-        shell.connect(&endpoint(1)).await.map_err(zmq_err)?;
-        let mut control = DealerSocket::new();
-        control.connect(&endpoint(4)).await.map_err(zmq_err)?;
-        let mut iopub = SubSocket::new();
-        iopub.subscribe("").await.map_err(zmq_err)?;
-        iopub.connect(&endpoint(2)).await.map_err(zmq_err)?;
-
-        let codec = Codec::new(key, format!("ci-{id}"));
-        let (shell_tx, mut shell_rx) = shell.split();
-        let shell_codec = Codec::new(key, String::new());
-        let iopub_codec = Codec::new(key, String::new());
-        let shell_routes = Arc::clone(routes);
-        let iopub_routes = Arc::clone(routes);
-        let readers = vec![
-            tokio::spawn(async move {
-                while let Ok(raw) = shell_rx.recv().await {
-                    match shell_codec.decode(raw) {
-                        Ok(m) => route(&shell_routes, m),
-                        Err(e) => tracing::warn!(error = %e, "dropped a shell message"),
+        let open = |port: u16, kind: zmtp::Kind| {
+            let path = path(port);
+            async move {
+                // The socket file appears just before the kernel listens on it.
+                loop {
+                    match zmtp::connect(&path, kind, max_message_bytes).await {
+                        Err(ZmtpError::Io(e))
+                            if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(3)).await;
+                        }
+                        other => {
+                            return other.map_err(|e| KernelError::Start(e.to_string()));
+                        }
                     }
                 }
-            }),
-            tokio::spawn(async move {
-                while let Ok(raw) = iopub.recv().await {
-                    match iopub_codec.decode(raw) {
-                        Ok(m) => route(&iopub_routes, m),
-                        Err(e) => tracing::warn!(error = %e, "dropped an iopub message"),
-                    }
+            }
+        };
+        let (shell, shell_rx) = open(1, zmtp::Kind::Dealer).await?;
+        let (control, control_rx) = open(4, zmtp::Kind::Dealer).await?;
+        let (iopub, iopub_rx) = open(2, zmtp::Kind::Sub).await?;
+
+        let codec = Codec::new(key, format!("ci-{id}"), max_message_bytes);
+        let budget = Arc::new(Semaphore::new(PERMITS as usize));
+        let permit_bytes = (ROUTED_BUDGET_MESSAGES * max_message_bytes / u64::from(PERMITS)).max(1);
+        let reader = |channel: &'static str| ReaderContext {
+            channel,
+            codec: Codec::new(key, String::new(), max_message_bytes),
+            routes: Arc::clone(routes),
+            budget: Arc::clone(&budget),
+            permit_bytes,
+            broken: Arc::clone(broken),
+            handle: Arc::clone(handle),
+        };
+        let readers = vec![
+            tokio::spawn(reader("shell").run(shell_rx)),
+            tokio::spawn(reader("control").run(control_rx)),
+            tokio::spawn({
+                let (ctx, done) = (reader("iopub"), Arc::clone(iopub_done));
+                async move {
+                    ctx.run(iopub_rx).await;
+                    done.notify_one();
                 }
             }),
         ];
-        Ok((codec, shell_tx, control, readers))
+        Ok(Channels {
+            codec,
+            shell,
+            control,
+            iopub,
+            readers,
+        })
     }
 
     /// Ready means a `kernel_info_reply` on shell and an iopub `status` for the same
     /// request: only then is our subscription known to be live (the slow-joiner problem).
     async fn wait_ready(&self, started: Instant) -> Result<(), KernelError> {
         while started.elapsed() < START_TIMEOUT {
-            let (rx, msg_id) = self.send_shell("kernel_info_request", json!({})).await?;
-            let mut rx = rx;
+            let (mut rx, msg_id) = self
+                .send_shell("kernel_info_request", json!({}), started + START_TIMEOUT)
+                .await?;
             let (mut replied, mut status_seen) = (false, false);
             let round = tokio::time::sleep(Duration::from_millis(500));
             tokio::pin!(round);
             loop {
                 tokio::select! {
                     m = rx.recv() => match m {
-                        Some(m) if m.msg_type() == "kernel_info_reply" => replied = true,
-                        Some(m) if m.msg_type() == "status" => status_seen = true,
+                        Some(Routed::Message(m, _)) if m.msg_type() == "kernel_info_reply" => replied = true,
+                        Some(Routed::Message(m, _)) if m.msg_type() == "status" => status_seen = true,
                         Some(_) => {}
-                        None => return Err(KernelError::Start("the kernel exited during start-up".into())),
+                        None => return Err(KernelError::Start(self.gone_reason("the kernel exited during start-up"))),
                     },
                     _ = &mut round => break,
                 }
@@ -338,8 +496,12 @@ impl Kernel {
         ))
     }
 
-    fn listen(&self, msg_id: &str) -> mpsc::UnboundedReceiver<Message> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn gone_reason(&self, otherwise: &str) -> String {
+        self.broken_reason().unwrap_or_else(|| otherwise.to_owned())
+    }
+
+    fn listen(&self, msg_id: &str) -> mpsc::Receiver<Routed> {
+        let (tx, rx) = mpsc::channel(ROUTED_QUEUE);
         if *self.alive.borrow() {
             lock(&self.routes).insert(msg_id.to_owned(), tx);
         }
@@ -350,24 +512,35 @@ impl Kernel {
         lock(&self.routes).remove(msg_id);
     }
 
+    /// Send a request on shell; a kernel that does not take it by `deadline` is gone.
     async fn send_shell(
         &self,
         msg_type: &str,
         content: Value,
-    ) -> Result<(mpsc::UnboundedReceiver<Message>, String), KernelError> {
-        let (msg_id, message) = self.codec.request(msg_type, content);
+        deadline: Instant,
+    ) -> Result<(mpsc::Receiver<Routed>, String), KernelError> {
+        let (msg_id, frames) = self.codec.request(msg_type, content);
         let rx = self.listen(&msg_id);
-        self.shell
-            .lock()
-            .await
-            .send(message)
-            .await
-            .map_err(|_| KernelError::Gone)?;
-        Ok((rx, msg_id))
+        let sent = tokio::time::timeout_at(deadline.into(), async {
+            self.shell.lock().await.send(&frames).await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok((rx, msg_id)),
+            _ => {
+                self.forget(&msg_id);
+                Err(KernelError::Gone)
+            }
+        }
     }
 
     pub fn is_alive(&self) -> bool {
         *self.alive.borrow()
+    }
+
+    /// Why the kernel was stopped for breaking the protocol, if it was.
+    pub fn broken_reason(&self) -> Option<String> {
+        lock(&self.broken).clone()
     }
 
     pub fn handle(&self) -> &Handle {
@@ -376,13 +549,15 @@ impl Kernel {
 
     /// Ask the kernel to stop the running cell (KeyboardInterrupt), over the control channel.
     pub async fn interrupt(&self) -> Result<(), KernelError> {
-        let (_, message) = self.codec.request("interrupt_request", json!({}));
-        self.control
-            .lock()
-            .await
-            .send(message)
-            .await
-            .map_err(|_| KernelError::Gone)
+        let (_, frames) = self.codec.request("interrupt_request", json!({}));
+        let sent = tokio::time::timeout(INTERRUPT_GRACE, async {
+            self.control.lock().await.send(&frames).await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(KernelError::Gone),
+        }
     }
 
     /// Run one cell, sending its output to `events` as it comes. At `deadline`, or when
@@ -404,7 +579,16 @@ impl Kernel {
             "allow_stdin": false,
             "stop_on_error": true,
         });
-        let (mut rx, msg_id) = self.send_shell("execute_request", content).await?;
+        let (mut rx, msg_id) = match self.send_shell("execute_request", content, deadline).await {
+            Ok(sent) => sent,
+            Err(_) if self.broken_reason().is_some() => return Ok(CellEnd::ProtocolBroken),
+            Err(_) if self.is_alive() => {
+                // It does not even take the request: it is stuck for good.
+                self.handle.kill_tree();
+                return Ok(CellEnd::Killed);
+            }
+            Err(_) => return Ok(CellEnd::Died),
+        };
         let mut idle = false;
         let mut reply_ok: Option<bool> = None;
         let mut interrupted_at: Option<Instant> = None;
@@ -415,18 +599,38 @@ impl Kernel {
             };
             tokio::select! {
                 m = rx.recv() => {
-                    let Some(m) = m else { break CellEnd::Died };
+                    let mut m = match m {
+                        Some(Routed::Message(m, _budget)) => m,
+                        Some(Routed::Dropped { bytes }) => {
+                            let text = format!(
+                                "[kernel] An output of {bytes} bytes was dropped: it is larger than KERNEL_MAX_MESSAGE_BYTES ({} bytes).\n",
+                                self.max_message_bytes
+                            );
+                            let _ = events.send(KernelEvent::Stream { name: "stderr".into(), text }).await;
+                            continue;
+                        }
+                        None if self.broken_reason().is_some() => break CellEnd::ProtocolBroken,
+                        None => break CellEnd::Died,
+                    };
                     match m.msg_type() {
                         "stream" => {
-                            let _ = events.send(KernelEvent::Stream {
-                                name: m.content["name"].as_str().unwrap_or("stdout").to_owned(),
-                                text: m.content["text"].as_str().unwrap_or("").to_owned(),
-                            }).await;
+                            let name = match m.content["name"].as_str() {
+                                Some("stderr") => "stderr",
+                                _ => "stdout",
+                            };
+                            // `get_mut`, never `content["…"]` on a `&mut`: indexing a
+                            // non-object mutably panics, and the kernel chooses the shape.
+                            let text = match m.content.get_mut("text").map(Value::take) {
+                                Some(Value::String(text)) => text,
+                                _ => String::new(),
+                            };
+                            let _ = events.send(KernelEvent::Stream { name: name.into(), text }).await;
                         }
                         t @ ("display_data" | "execute_result") => {
+                            let result = t == "execute_result";
                             let _ = events.send(KernelEvent::Display {
-                                data: m.content["data"].clone(),
-                                result: t == "execute_result",
+                                data: m.content.get_mut("data").map(Value::take).unwrap_or_default(),
+                                result,
                             }).await;
                         }
                         "error" => {

@@ -11,6 +11,7 @@
 
 mod kernel;
 mod wire;
+mod zmtp;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ pub struct PythonSettings {
     pub limits: Limits,
     pub queue_wait: Duration,
     pub max_output_bytes: u64,
+    /// `KERNEL_MAX_MESSAGE_BYTES`: the most a kernel's message may take.
+    pub max_message_bytes: u64,
 }
 
 struct LiveKernel {
@@ -175,6 +178,7 @@ impl PythonRuntime {
                 env: self.env(),
                 mounts: self.process.runtime_mounts(),
                 limits: self.settings.limits,
+                max_message_bytes: self.settings.max_message_bytes,
             },
         )
         .await
@@ -323,9 +327,13 @@ impl PythonRuntime {
                 return Ok(k);
             }
             lock(&self.live).remove(session_id);
+            let reason = match k.kernel.broken_reason() {
+                Some(_) => "its kernel broke the Jupyter protocol and was stopped",
+                None => "its kernel stopped",
+            };
             lock(&self.lost)
                 .entry(session_id.to_owned())
-                .or_insert("its kernel stopped");
+                .or_insert(reason);
         }
         self.wait_for_room(true).await?;
         let _reservation = Reservation(&self.reserved);
@@ -411,7 +419,8 @@ impl PythonRuntime {
             *lock(&live.argv) = argv;
         }
 
-        let (ktx, mut krx) = mpsc::channel::<KernelEvent>(64);
+        // Small: every event may be a big message (see kernel.rs on what a kernel may hold).
+        let (ktx, mut krx) = mpsc::channel::<KernelEvent>(8);
         let cap = self.settings.max_output_bytes;
         let overflow = Arc::new(AtomicBool::new(false));
         // `sys.exit(n)` in a cell surfaces as a SystemExit error: n is the exit code.
@@ -513,6 +522,14 @@ impl PythonRuntime {
                 RunStatus::Killed,
                 Some(format!("The kernel exceeded the memory limit of {mib} MiB and was killed: its state was lost (files are kept).")),
                 Some("the kernel was killed by the memory limit"),
+            ),
+            CellEnd::ProtocolBroken => (
+                RunStatus::Error,
+                Some(format!(
+                    "The kernel sent data that breaks the Jupyter protocol ({}), so it was stopped: its state was lost (files are kept).",
+                    live.kernel.broken_reason().unwrap_or_default()
+                )),
+                Some("its kernel broke the Jupyter protocol and was stopped"),
             ),
             CellEnd::Died => (
                 RunStatus::Error,
