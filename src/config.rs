@@ -139,6 +139,14 @@ pub struct Settings {
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 150 * MIB, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_upload_bytes: u64,
 
+    /// Most files one upload request may carry (`/upload/batch` takes at most 200).
+    #[arg(long, env = "MAX_UPLOAD_FILES", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000), global = true)]
+    pub max_upload_files: u64,
+
+    /// Seconds an upload body may send nothing before it is dropped with a 408.
+    #[arg(long, env = "UPLOAD_IDLE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub upload_idle_seconds: u64,
+
     /// Idle time after which a session and its files are deleted (LibreChat expects 24 h).
     #[arg(long, env = "SESSION_TTL_SECONDS", default_value_t = 86400, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub session_ttl_seconds: u64,

@@ -205,6 +205,7 @@ async fn mcp_stdio(settings: Settings) -> anyhow::Result<()> {
 
 /// Open the store and start the runtimes under `DATA_DIR`, with their background tasks.
 async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
+    sandbox::raise_open_files_limit();
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("DATA_DIR {} cannot be created", settings.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&settings.data_dir).with_context(|| {
@@ -235,7 +236,8 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
             "the store in DATA_DIR {} cannot be opened",
             settings.data_dir.display()
         )
-    })?;
+    })?
+    .with_body_idle_timeout(Duration::from_secs(settings.upload_idle_seconds));
     let store: Arc<dyn store::Store> = Arc::new(store);
     let process = runtime::process::ProcessRuntime::new(
         Arc::clone(&sandbox),

@@ -119,6 +119,11 @@ impl From<StoreError> for ApiError {
             StoreError::BodyInterrupted(reason) => ApiError::bad_request(format!(
                 "The upload was cut off before it finished ({reason}); send it again."
             )),
+            StoreError::BodyStalled { seconds } => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload_stalled",
+                format!("The upload sent nothing for {seconds} s and was dropped; send it again."),
+            ),
             StoreError::NameConflict(name) => ApiError::new(
                 StatusCode::CONFLICT,
                 "name_conflict",

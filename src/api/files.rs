@@ -29,6 +29,8 @@ const MAX_BATCH_FILES: usize = 200;
 const DOWNLOAD_CHUNK: usize = 256 * 1024;
 /// Text form fields are ids and flags; anything longer is a mistake.
 const MAX_FIELD_BYTES: usize = 1024;
+/// Text fields a form may have besides its files (there are six kinds).
+const MAX_TEXT_FIELDS: usize = 32;
 
 fn check_id(id: &str, what: &str) -> ApiResult<()> {
     if is_valid_id(id) {
@@ -95,10 +97,22 @@ fn multipart_error(err: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
-async fn read_text_field(mut field: Field<'_>) -> ApiResult<String> {
+/// Wait for the next piece of a multipart body, for at most `UPLOAD_IDLE_SECONDS`.
+async fn within_idle<T>(
+    state: &AppState,
+    next: impl std::future::Future<Output = Result<T, axum::extract::multipart::MultipartError>>,
+) -> ApiResult<T> {
+    let seconds = state.settings.upload_idle_seconds;
+    tokio::time::timeout(std::time::Duration::from_secs(seconds), next)
+        .await
+        .map_err(|_| StoreError::BodyStalled { seconds })?
+        .map_err(multipart_error)
+}
+
+async fn read_text_field(state: &AppState, mut field: Field<'_>) -> ApiResult<String> {
     let name = field.name().unwrap_or("").to_owned();
     let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = within_idle(state, field.chunk()).await? {
         buf.extend_from_slice(&chunk);
         if buf.len() > MAX_FIELD_BYTES {
             return Err(ApiError::bad_request(format!(
@@ -123,33 +137,81 @@ fn optional_label(value: String, field: &str) -> ApiResult<Option<String>> {
     Ok(Some(value))
 }
 
+fn too_many_parts(max_files: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_files",
+        format!(
+            "An upload takes at most {max_files} files (MAX_UPLOAD_FILES); send the others in another request."
+        ),
+    )
+}
+
+/// How the form's file parts are limited.
+#[derive(Clone, Copy)]
+enum OverLimit {
+    /// Refuse the whole request.
+    Refuse,
+    /// Skip the part and count it (`/upload/batch` reports each one).
+    Count,
+}
+
 /// Read the whole form. File parts (any part with a file name) stream to staging as they
 /// arrive, because LibreChat sends the `file` part before the fields that say where it goes.
+/// What a form may cost is bounded: `MAX_UPLOAD_FILES` file parts, a few text fields, no
+/// more staged bytes than the session quota, and no pause longer than `UPLOAD_IDLE_SECONDS`.
 async fn read_upload_form(
     state: &AppState,
     multipart: Result<Multipart, MultipartRejection>,
     max_files: usize,
+    over_limit: OverLimit,
     stop_at_first_error: bool,
 ) -> ApiResult<ParsedUpload> {
     let mut multipart = multipart.map_err(|_| {
         ApiError::bad_request("Invalid content type: send multipart/form-data with a 'file' part.")
     })?;
+    let max_parts = state.settings.max_upload_files as usize + MAX_TEXT_FIELDS;
+    let quota = state.settings.session_disk_quota_bytes();
     let mut form = ParsedUpload::default();
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    let (mut parts, mut staged_bytes) = (0usize, 0u64);
+    while let Some(field) = within_idle(state, multipart.next_field()).await? {
+        parts += 1;
+        if parts > max_parts {
+            return Err(too_many_parts(max_files));
+        }
         let part = field.name().unwrap_or("").to_owned();
         if let Some(file_name) = field.file_name().map(str::to_owned) {
             if form.files.len() >= max_files {
-                form.over_limit += 1;
-                continue;
+                match over_limit {
+                    OverLimit::Refuse => return Err(too_many_parts(max_files)),
+                    OverLimit::Count => {
+                        form.over_limit += 1;
+                        continue;
+                    }
+                }
             }
+            // Staging never holds more than the session could keep.
+            let room = quota.map_or(u64::MAX, |q| q.saturating_sub(staged_bytes));
+            let limit = state.settings.max_upload_bytes.min(room);
             let body = field.map_err(std::io::Error::other).boxed();
-            let staged = state
-                .store
-                .stage(body, state.settings.max_upload_bytes)
-                .await;
+            let staged = match state.store.stage(body, limit).await {
+                Err(StoreError::TooLarge { .. }) if limit < state.settings.max_upload_bytes => {
+                    Err(StoreError::QuotaExceeded {
+                        quota: quota.unwrap_or_default(),
+                    })
+                }
+                other => other,
+            };
+            if let Ok(file) = &staged {
+                staged_bytes += file.size;
+            }
             match staged {
                 // A broken body or a full disk ends the whole request: nothing after it can be read.
-                Err(err @ (StoreError::BodyInterrupted(_) | StoreError::DiskFull)) => {
+                Err(
+                    err @ (StoreError::BodyInterrupted(_)
+                    | StoreError::BodyStalled { .. }
+                    | StoreError::DiskFull),
+                ) => {
                     return Err(err.into());
                 }
                 Err(err) if stop_at_first_error => return Err(err.into()),
@@ -157,7 +219,7 @@ async fn read_upload_form(
             }
             continue;
         }
-        let value = read_text_field(field).await?;
+        let value = read_text_field(state, field).await?;
         match part.as_str() {
             "session_id" => form.session_id = Some(value).filter(|v| !v.is_empty()),
             "entity_id" => form.entity_id = Some(value).filter(|v| !v.is_empty()),
@@ -227,7 +289,8 @@ fn parse_name(raw: &str) -> ApiResult<FileName> {
         (status = 200, description = "Stored", body = UploadResponse),
         (status = 400, description = "Not multipart, no file, or a bad file name", body = ErrorBody),
         (status = 404, description = "session_id is unknown", body = ErrorBody),
-        (status = 413, description = "Over MAX_UPLOAD_BYTES or the session's disk quota", body = ErrorBody),
+        (status = 408, description = "The body stalled for UPLOAD_IDLE_SECONDS", body = ErrorBody),
+        (status = 413, description = "Over MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES or the session's disk quota", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -237,7 +300,8 @@ pub async fn upload(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<UploadResponse>> {
-    let form = read_upload_form(&state, multipart, usize::MAX, true).await?;
+    let max_files = state.settings.max_upload_files as usize;
+    let form = read_upload_form(&state, multipart, max_files, OverLimit::Refuse, true).await?;
     // Names are checked before a session is made, so a bad request leaves nothing behind.
     let names = form
         .files
@@ -284,7 +348,8 @@ pub async fn upload_batch(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
-    let form = read_upload_form(&state, multipart, MAX_BATCH_FILES, false).await?;
+    let max_files = MAX_BATCH_FILES.min(state.settings.max_upload_files as usize);
+    let form = read_upload_form(&state, multipart, max_files, OverLimit::Count, false).await?;
     let session = upload_session(&state, &tenant, &headers, &form).await?;
     let (read_only, origin, over_limit) = (form.read_only, form.origin.clone(), form.over_limit);
 
@@ -330,7 +395,7 @@ pub async fn upload_batch(
             file_id: None,
             filename: String::new(),
             error: Some(format!(
-                "Not stored: a batch takes at most {MAX_BATCH_FILES} files."
+                "Not stored: a batch takes at most {max_files} files."
             )),
             file: None,
         });
@@ -355,7 +420,7 @@ pub async fn upload_batch(
         succeeded,
         failed,
         files_limit_reached: over_limit > 0,
-        max_files: (over_limit > 0).then_some(MAX_BATCH_FILES),
+        max_files: (over_limit > 0).then_some(max_files),
     };
     Ok((status, Json(body)).into_response())
 }

@@ -5,10 +5,11 @@
 //!
 //! The steps, in order, for one launch (`Sandbox::spawn`):
 //! 1. make the run's cgroups and write its limits;
-//! 2. fork; in the child, before exec: join the cgroups, set rlimits, move the seccomp
-//!    filters to fixed descriptors, ask for SIGKILL if the server dies, drop to the
-//!    sandbox uid (when the server is root: bwrap started by root would map user code to
-//!    host root, so it must start unprivileged);
+//! 2. fork; in the child, before exec: join the cgroups, set rlimits, mark every
+//!    descriptor above stdio close-on-exec except the seccomp filters (whatever the server
+//!    inherited or opened never reaches user code), ask for SIGKILL if the server dies,
+//!    drop to the sandbox uid (when the server is root: bwrap started by root would map
+//!    user code to host root, so it must start unprivileged);
 //! 3. exec bwrap, which unshares every namespace (user, mount, pid, ipc, uts, net, cgroup),
 //!    builds the filesystem below, forbids further user namespaces, installs the filter
 //!    and runs the command as PID 2 under its own init, so when the command ends, the
@@ -350,6 +351,7 @@ impl Sandbox {
             rlimits: rlimits(&job.limits, cgroup.is_some()),
             seccomp_fds: seccomp_fds.iter().map(|f| f.as_raw_fd()).collect(),
             user: self.user,
+            open_files_limit: current_open_files_limit(),
         };
         // SAFETY: `ChildSetup::apply` only makes async-signal-safe system calls on data
         // prepared before the fork; it allocates nothing.
@@ -498,12 +500,38 @@ fn rlimits(limits: &Limits, have_cgroup: bool) -> Vec<(libc::__rlimit_resource_t
     out
 }
 
+/// The server's soft limit on descriptors: the highest number one can have, for closing
+/// them one by one where `close_range` is missing.
+fn current_open_files_limit() -> i32 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit
+        .current
+        .map_or(i32::MAX, |n| i32::try_from(n).unwrap_or(i32::MAX))
+}
+
+/// Raise the server's soft limit on open descriptors to its hard limit: every connection,
+/// kernel socket and staged upload takes one, and the usual soft default (1,024) is low.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    // No hard limit: the kernel's own ceiling (`fs.nr_open`) is usually 2^20.
+    let wanted = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|c| c < wanted) {
+        limit.current = Some(wanted);
+        if let Err(err) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %err, "could not raise the open files limit");
+        }
+    }
+}
+
 /// What the child does between fork and exec, prepared in the parent.
 struct ChildSetup {
     cgroup_procs: Vec<CString>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     seccomp_fds: Vec<i32>,
     user: Option<(u32, u32)>,
+    /// The parent's descriptor limit, for the fallback of closing one by one.
+    open_files_limit: i32,
 }
 
 impl ChildSetup {
@@ -528,6 +556,21 @@ impl ChildSetup {
                 };
                 if libc::setrlimit(resource, &lim) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+            }
+            // Every descriptor above stdio closes at exec: the server's own sockets and
+            // files, and whatever it inherited without close-on-exec (from a shell, a
+            // supervisor, a test harness).
+            let marked = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if marked != 0 {
+                // Before Linux 5.11: one by one (closed numbers just fail).
+                for fd in 3..self.open_files_limit.min(1 << 20) {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }
             for &fd in &self.seccomp_fds {

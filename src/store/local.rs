@@ -70,6 +70,8 @@ pub struct LocalStore {
     sessions_dir: PathBuf,
     staging_dir: PathBuf,
     quota_bytes: Option<u64>,
+    /// How long an upload body may send nothing before it is refused.
+    body_idle: Option<Duration>,
     db: Arc<Mutex<Connection>>,
 }
 
@@ -118,8 +120,16 @@ impl LocalStore {
             sessions_dir,
             staging_dir,
             quota_bytes,
+            body_idle: None,
             db: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Refuse an upload body that sends nothing for `idle` (a client that stalls would
+    /// otherwise hold its staging file and connection forever).
+    pub fn with_body_idle_timeout(mut self, idle: Duration) -> Self {
+        self.body_idle = Some(idle);
+        self
     }
 
     /// Run `f` with the connection on a blocking thread.
@@ -444,11 +454,22 @@ impl Store for LocalStore {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::fchown(temp.as_file(), Some(uid), Some(gid))?;
         }
-        let file = tokio::fs::File::from_std(temp.as_file().try_clone()?);
+        // One descriptor while the body streams, none once it is staged.
+        let (file, temp) = temp.into_parts();
+        let file = tokio::fs::File::from_std(file);
         let mut writer = BufWriter::with_capacity(STAGING_BUFFER_BYTES, file);
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        while let Some(chunk) = body.next().await {
+        loop {
+            let next = match self.body_idle {
+                Some(idle) => tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                    StoreError::BodyStalled {
+                        seconds: idle.as_secs(),
+                    }
+                })?,
+                None => body.next().await,
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| StoreError::BodyInterrupted(e.to_string()))?;
             size += chunk.len() as u64;
             if size > max_bytes {
@@ -463,6 +484,7 @@ impl Store for LocalStore {
         writer.flush().await.map_err(StoreError::from_io)?;
         let file = writer.into_inner();
         file.sync_all().await.map_err(StoreError::from_io)?;
+        drop(file);
         Ok(StagedFile {
             temp,
             size,
@@ -521,10 +543,10 @@ impl Store for LocalStore {
                 insert_file(&tx, &meta)?;
                 // The rename happens inside the transaction: if it fails, the metadata rolls back.
                 workspace
-                    .rename_into(f.staged.temp.path(), &meta.name)
+                    .rename_into(&f.staged.temp, &meta.name)
                     .map_err(|err| name_conflict_or(err, &meta.name))?;
                 // The file now lives at its name; stop the guard from deleting anything.
-                let _ = f.staged.temp.into_temp_path().keep();
+                let _ = f.staged.temp.keep();
                 metas.push(meta);
             }
             tx.commit()?;
@@ -693,7 +715,11 @@ impl Store for LocalStore {
             // std's copy between files uses copy_file_range: no bytes pass through memory,
             // and the result is a copy, never a link to the source.
             let size = std::io::copy(&mut src, &mut temp.as_file())?;
-            Ok(StagedFile { temp, size, sha256 })
+            Ok(StagedFile {
+                temp: temp.into_temp_path(),
+                size,
+                sha256,
+            })
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?

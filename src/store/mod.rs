@@ -83,9 +83,10 @@ pub struct StoreStats {
     pub bytes: u64,
 }
 
-/// A body written to a temporary file, not yet part of any session.
+/// A body written to a temporary file, not yet part of any session. It holds the file's
+/// path, not an open descriptor, so a request with many parts costs no descriptor per part.
 pub struct StagedFile {
-    temp: tempfile::NamedTempFile,
+    temp: tempfile::TempPath,
     pub size: u64,
     pub sha256: String,
 }
@@ -106,6 +107,8 @@ pub enum StoreError {
     QuotaExceeded { quota: u64 },
     #[error("the upload was interrupted: {0}")]
     BodyInterrupted(String),
+    #[error("the upload sent nothing for {seconds} s")]
+    BodyStalled { seconds: u64 },
     #[error("the server's disk is full")]
     DiskFull,
     #[error("'{0}' clashes with a directory (or a file used as a directory) of the same name")]
