@@ -22,10 +22,10 @@ endif
 E2E_BINARY ?= $(DEBUG_BIN)
 
 .PHONY: help install bootstrap run dev test lint format-check typecheck openapi bench \
-	e2e build build-debug check-rust web ui-dev
+	e2e image image-test build build-debug check-rust web ui-dev
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: bootstrap ## Install every runtime, package and tool the server needs (scripts/bootstrap)
 
@@ -36,7 +36,7 @@ dev: bootstrap build-debug ## Debug build, served with debug logs and request lo
 	DATA_DIR=$${DATA_DIR:-$(RUN_DATA_DIR)} LOG_LEVEL=$${LOG_LEVEL:-code_interpreter=debug,info} \
 		LOG_REQUESTS=$${LOG_REQUESTS:-true} ./$(DEBUG_BIN) serve
 
-test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchmark smoke, smoke scripts
+test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchmark smoke, smoke scripts, README, image
 	$(CARGO) test --locked
 	tests/mcp/run.sh -q
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/librechat/run.sh
@@ -44,13 +44,16 @@ test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchm
 	# One smoke run of every benchmark scenario, so the harness cannot rot (no timing goals).
 	BENCH_BINARY=$(DEBUG_BIN) $(PYTHON) bench/run.py --quick --out target/bench-smoke
 	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory image-test
 
-e2e: bootstrap build-debug ## Start a server and run the smoke scripts (e2e/run_all.sh) against it
+e2e: bootstrap build-debug ## Start a server, run the smoke scripts (e2e/run_all.sh) and the README's examples
 	E2E_REQUIRE_ALL=1 e2e/with-server.sh $(E2E_BINARY) e2e/run_all.sh
+	e2e/with-server.sh $(E2E_BINARY) python3 e2e/readme.py README.md
 
-lint: check-rust ## Formatting and clippy
+lint: check-rust ## Formatting, clippy and hadolint (the Dockerfile)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+	scripts/image lint
 
 format-check: check-rust ## Check formatting only (cargo fmt --check)
 	$(CARGO) fmt --all -- --check
@@ -65,6 +68,12 @@ openapi: check-rust ## Write openapi.json from the code (a test fails when it is
 # Benchmarks against baselines measured in the same run (QUICK=1: a smoke run).
 bench: bootstrap check-rust ## Benchmarks against same-run baselines (QUICK=1 for a smoke run)
 	$(PYTHON) bench/run.py $(if $(filter 1 true yes,$(QUICK)),--quick)
+
+image: ## Build the container image from source with podman (installs podman when missing)
+	scripts/image build
+
+image-test: build-debug ## Build the image around the host's binary, run every language in it, stop it
+	scripts/image test $(DEBUG_BIN)
 
 bootstrap: ## Same as install
 	scripts/bootstrap

@@ -94,6 +94,11 @@ pub struct Settings {
     )]
     pub runtime_dir: PathBuf,
 
+    /// The directory relative paths in `DATA_DIR` and `RUNTIME_DIR` are taken from
+    /// (default: the working directory), as in the Python project.
+    #[arg(long, env = "APP_BASE_DIR", global = true)]
+    pub app_base_dir: Option<PathBuf>,
+
     /// One API key; when set (or `CODE_INTERPRETER_API_KEYS`), every protected route needs it.
     #[arg(
         long,
@@ -320,6 +325,18 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Relative directories are taken from `APP_BASE_DIR` when it is set.
+    fn resolve_relative_paths(&mut self) {
+        let Some(base) = self.app_base_dir.clone() else {
+            return;
+        };
+        for dir in [&mut self.data_dir, &mut self.runtime_dir] {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+    }
+
     /// Every configured API key, trimmed, without empties.
     pub fn all_api_keys(&self) -> Vec<String> {
         self.api_key
@@ -425,7 +442,10 @@ pub fn parse_bool(value: &str) -> Result<bool, String> {
 pub fn parse() -> Cli {
     apply_aliases();
     match Cli::try_parse() {
-        Ok(cli) => cli,
+        Ok(mut cli) => {
+            cli.settings.resolve_relative_paths();
+            cli
+        }
         Err(err) => {
             use clap::error::{ContextKind, ContextValue, ErrorKind};
             let named_env = match (err.kind(), err.get(ContextKind::InvalidArg)) {
@@ -503,6 +523,23 @@ mod tests {
             Some(vec!["ci.example".into(), "ci.example:8443".into()])
         );
         assert_eq!(settings(&["--mcp-allowed-hosts", "*"]).mcp_hosts(), None);
+    }
+
+    #[test]
+    fn relative_directories_are_taken_from_the_app_base_dir() {
+        let parsed = |args: &[&str]| {
+            let mut argv = vec!["code-interpreter"];
+            argv.extend_from_slice(args);
+            let mut settings = Cli::try_parse_from(argv).unwrap().settings;
+            settings.resolve_relative_paths();
+            settings
+        };
+        let s = parsed(&["--app-base-dir", "/srv/ci", "--data-dir", "state"]);
+        assert_eq!(s.data_dir, PathBuf::from("/srv/ci/state"));
+        assert_eq!(s.runtime_dir, PathBuf::from("/opt/code-interpreter"));
+        let s = parsed(&["--app-base-dir", "/srv/ci", "--data-dir", "/var/lib/ci"]);
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/ci"));
+        assert_eq!(parsed(&[]).data_dir, PathBuf::from("data"));
     }
 
     #[test]

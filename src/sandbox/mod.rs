@@ -492,10 +492,11 @@ fn rlimits(limits: &Limits, have_cgroup: bool) -> Vec<(libc::__rlimit_resource_t
     if let Some(size) = limits.file_size_bytes {
         out.push((libc::RLIMIT_FSIZE, size));
     }
-    // Without a memory cgroup, the address-space limit is the last resort (it breaks Node
-    // and Go, which reserve large ranges, so only then).
+    // Without a memory cgroup (as in a container), the data limit is the last resort: it
+    // counts private writable memory, not reservations, so the JVM's class space, V8's
+    // cage and Go's arenas (PROT_NONE ranges that RLIMIT_AS would count) still start.
     if !have_cgroup && let Some(mem) = limits.memory_bytes {
-        out.push((libc::RLIMIT_AS, mem));
+        out.push((libc::RLIMIT_DATA, mem));
     }
     out
 }
