@@ -199,6 +199,16 @@ pub struct Settings {
     )]
     pub sandbox_network: NetworkPolicy,
 
+    /// First host uid of the range sessions' sandboxes run as, one uid per session (as
+    /// root). The default lies in a range Linux distributions leave unused.
+    #[arg(long, env = "SANDBOX_UID_BASE", default_value_t = 1_879_048_192, value_parser = clap::value_parser!(u32).range(1000..=4_000_000_000), global = true)]
+    pub sandbox_uid_base: u32,
+
+    /// How many uids the range has; builds and probes use the one just past it. Past this
+    /// many sessions, sessions share uids.
+    #[arg(long, env = "SANDBOX_UID_COUNT", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=100_000_000), global = true)]
+    pub sandbox_uid_count: u32,
+
     /// Wall-clock limit of one run, in seconds (a request's `timeout` may only lower it).
     #[arg(long, env = "EXECUTION_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub execution_timeout: u64,

@@ -125,6 +125,8 @@ fn launch_sandbox(settings: &Settings) -> Result<String, String> {
         tmp_bytes: 16 * 1024 * 1024,
         state_dir: state.path().join("sandbox"),
         max_cpus: None,
+        uid_base: settings.sandbox_uid_base,
+        uid_count: settings.sandbox_uid_count,
     })
     .map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -220,6 +220,8 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         tmp_bytes: settings.sandbox_tmp_mb * 1024 * 1024,
         state_dir: data_dir.join("sandbox"),
         max_cpus: settings.max_cpus(),
+        uid_base: settings.sandbox_uid_base,
+        uid_count: settings.sandbox_uid_count,
     })
     .context("the sandbox cannot be set up (SANDBOX)")?;
     sandbox
@@ -229,7 +231,7 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
     let store = store::LocalStore::open(
         &data_dir,
         settings.session_disk_quota_bytes(),
-        sandbox.user(),
+        sandbox.uids().cloned(),
     )
     .with_context(|| {
         format!(

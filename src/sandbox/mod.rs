@@ -19,6 +19,7 @@ mod cgroup;
 pub mod probe;
 mod seccomp;
 mod selftest;
+mod uids;
 
 use std::ffi::CString;
 use std::io;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 pub use cgroup::GroupLimits;
 use cgroup::{CgroupV1, RunCgroup};
+pub use uids::{UidRange, owner_of};
 
 use crate::config::SandboxMode;
 
@@ -36,7 +38,8 @@ use crate::config::SandboxMode;
 pub const WORKSPACE: &str = "/mnt/data";
 /// The private home directory, inside the sandbox's `/tmp`.
 pub const HOME: &str = "/tmp/home";
-/// The unprivileged user a root server runs sandboxes as (`nobody`).
+/// The uid and gid user code has inside the sandbox (`nobody`, named `sandbox` in its
+/// `/etc/passwd`); on the host it is the workspace owner's (see `uids`).
 const SANDBOX_ID: u32 = 65534;
 /// Open files per process.
 const OPEN_FILES: u64 = 4096;
@@ -72,6 +75,9 @@ pub struct SandboxOptions {
     pub state_dir: PathBuf,
     /// At most this many CPUs' worth of time per sandbox (`MAX_CPUS`).
     pub max_cpus: Option<f64>,
+    /// Host uids for sessions (`SANDBOX_UID_BASE`, `SANDBOX_UID_COUNT`), used as root.
+    pub uid_base: u32,
+    pub uid_count: u32,
 }
 
 /// A host path made visible inside the sandbox.
@@ -132,7 +138,9 @@ pub struct Isolation {
 
 pub struct Sandbox {
     options: SandboxOptions,
+    /// The uid of sandboxes without a workspace, when the server drops privileges.
     user: Option<(u32, u32)>,
+    uids: Option<std::sync::Arc<UidRange>>,
     cgroups: Option<CgroupV1>,
     seccomp: Option<seccomp::Filters>,
 }
@@ -154,7 +162,9 @@ pub struct Handle {
 impl Sandbox {
     pub fn new(options: SandboxOptions) -> io::Result<Self> {
         let root = rustix::process::geteuid().is_root();
-        let user = root.then_some((SANDBOX_ID, SANDBOX_ID));
+        let uids =
+            root.then(|| std::sync::Arc::new(UidRange::new(options.uid_base, options.uid_count)));
+        let user = uids.as_ref().map(|u| (u.tool_uid(), u.tool_uid()));
         let cgroups = if root {
             CgroupV1::detect(options.max_cpus)
         } else {
@@ -178,6 +188,7 @@ impl Sandbox {
         Ok(Sandbox {
             options,
             user,
+            uids,
             cgroups,
             seccomp,
         })
@@ -204,9 +215,27 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The uid and gid user code runs as on the host, when the server drops to one.
+    /// The uid and gid of sandboxes without a workspace (builds, probes), when the server
+    /// drops to one.
     pub fn user(&self) -> Option<(u32, u32)> {
         self.user
+    }
+
+    /// The uids sessions get, when the server is root.
+    pub fn uids(&self) -> Option<&std::sync::Arc<UidRange>> {
+        self.uids.as_ref()
+    }
+
+    /// Who a sandbox binding `workspace` runs as: the workspace's owner (each session has
+    /// its own uid), never root.
+    pub fn user_for(&self, workspace: Option<&Path>) -> io::Result<Option<(u32, u32)>> {
+        let (Some(tool), Some(ws)) = (self.user, workspace) else {
+            return Ok(self.user);
+        };
+        match owner_of(ws)? {
+            0 => Ok(Some(tool)),
+            uid => Ok(Some((uid, uid))),
+        }
     }
 
     pub fn isolation(&self) -> Isolation {
@@ -226,6 +255,9 @@ impl Sandbox {
         let mut a: Vec<String> = Vec::with_capacity(96);
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&["--unshare-all", "--unshare-user", "--disable-userns"]);
+        // Whatever host uid runs it, user code sees the same identity inside.
+        let id = SANDBOX_ID.to_string();
+        push(&["--uid", &id, "--gid", &id]);
         if self.options.network {
             push(&["--share-net"]);
         }
@@ -346,11 +378,14 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
 
+        let user = self
+            .user_for(job.workspace.as_deref())
+            .map_err(SandboxError::Spawn)?;
         let setup = ChildSetup {
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             rlimits: rlimits(&job.limits, cgroup.is_some()),
             seccomp_fds: seccomp_fds.iter().map(|f| f.as_raw_fd()).collect(),
-            user: self.user,
+            user,
             open_files_limit: current_open_files_limit(),
         };
         // SAFETY: `ChildSetup::apply` only makes async-signal-safe system calls on data

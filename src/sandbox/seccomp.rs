@@ -8,11 +8,15 @@
 //! - the kernel itself: `kexec_*`, `init_module`, `finit_module`, `delete_module`, `reboot`,
 //!   `swapon`/`swapoff`, `acct`, `quotactl`, `syslog`, `iopl`/`ioperm`;
 //! - rarely used, often exploited interfaces: `bpf`, `perf_event_open`, `userfaultfd`,
-//!   `keyctl`, `add_key`, `request_key`, `lookup_dcookie`.
+//!   `keyctl`, `add_key`, `request_key`, `lookup_dcookie`, `modify_ldt` (x86);
+//! - `personality` with anything but the default (`PER_LINUX`) or the query `0xffffffff`
+//!   (other personalities turn off address randomisation or emulate old kernels).
 //!
-//! These answer `EPERM`. `clone3` answers `ENOSYS` instead: its flags live in a struct that
-//! seccomp cannot inspect, and glibc falls back to `clone` (which we can inspect) only on
-//! `ENOSYS`.
+//! These answer `EPERM`. `clone3` and io_uring (`io_uring_setup`, `_enter`, `_register`)
+//! answer `ENOSYS` instead, as on a kernel without them: `clone3`'s flags live in a struct
+//! that seccomp cannot inspect, and glibc falls back to `clone` (which we can inspect) only
+//! on `ENOSYS`; a ring performs reads, writes and opens that no filter ever sees, and
+//! libraries that try io_uring fall back to plain system calls on `ENOSYS`.
 
 use std::collections::BTreeMap;
 use std::io::{Seek, Write};
@@ -61,7 +65,21 @@ const REFUSED: &[i64] = &[
     libc::SYS_add_key,
     libc::SYS_request_key,
     libc::SYS_lookup_dcookie,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_modify_ldt,
 ];
+
+/// Answered `ENOSYS`, as if this kernel did not have them.
+const ABSENT: &[i64] = &[
+    libc::SYS_clone3,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+];
+
+/// `personality(2)` arguments user code may pass: the default, and the query.
+const PER_LINUX: u64 = 0;
+const PERSONALITY_QUERY: u64 = 0xffff_ffff;
 
 fn arch() -> TargetArch {
     if cfg!(target_arch = "aarch64") {
@@ -94,6 +112,15 @@ fn new_user_namespace_flag() -> Result<SeccompRule, String> {
     SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
 }
 
+/// `personality` is refused unless its argument is `PER_LINUX` or the query.
+fn other_personality() -> Result<SeccompRule, String> {
+    let not = |value: u64| {
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value)
+            .map_err(|e| e.to_string())
+    };
+    SeccompRule::new(vec![not(PER_LINUX)?, not(PERSONALITY_QUERY)?]).map_err(|e| e.to_string())
+}
+
 /// The filters as raw `sock_filter` arrays, the format bubblewrap reads from `--add-seccomp-fd`.
 pub struct Filters {
     programs: Vec<Vec<u8>>,
@@ -116,11 +143,13 @@ impl Filters {
             REFUSED.iter().map(|&nr| (nr, Vec::new())).collect();
         refused.insert(libc::SYS_unshare, vec![new_user_namespace_flag()?]);
         refused.insert(libc::SYS_clone, vec![new_user_namespace_flag()?]);
-        let clone3: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, Vec::new())].into();
+        refused.insert(libc::SYS_personality, vec![other_personality()?]);
+        let absent: BTreeMap<i64, Vec<SeccompRule>> =
+            ABSENT.iter().map(|&nr| (nr, Vec::new())).collect();
         Ok(Filters {
             programs: vec![
                 to_bytes(&compile(refused, libc::EPERM)?),
-                to_bytes(&compile(clone3, libc::ENOSYS)?),
+                to_bytes(&compile(absent, libc::ENOSYS)?),
             ],
         })
     }

@@ -24,6 +24,7 @@ use super::{
     BodyStream, FileMeta, FileName, FileOrigin, FileStamp, IGNORED_DIRS, NewFile, Session,
     Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
 };
+use crate::sandbox::{UidRange, owner_of};
 use crate::session::{SessionOwner, Tenant, new_id};
 
 const SCHEMA_VERSION: i64 = 2;
@@ -65,10 +66,13 @@ const FILE_MODE: u32 = 0o644;
 const STAGING_BUFFER_BYTES: usize = 1024 * 1024;
 
 pub struct LocalStore {
-    /// Owner of workspaces and the files the server puts there: the sandbox user.
-    owner: Option<(u32, u32)>,
+    /// Uids for workspaces (when the server is root): each session's workspace and the
+    /// files the server puts there belong to the session's own uid.
+    uids: Option<Arc<UidRange>>,
     sessions_dir: PathBuf,
     staging_dir: PathBuf,
+    /// Workspaces of deleted sessions, moved here at once and removed in the background.
+    trash_dir: PathBuf,
     quota_bytes: Option<u64>,
     /// How long an upload body may send nothing before it is refused.
     body_idle: Option<Duration>,
@@ -87,7 +91,7 @@ impl LocalStore {
     pub fn open(
         data_dir: &Path,
         quota_bytes: Option<u64>,
-        owner: Option<(u32, u32)>,
+        uids: Option<Arc<UidRange>>,
     ) -> StoreResult<Self> {
         let sessions_dir = data_dir.join("sessions");
         let staging_dir = data_dir.join("staging");
@@ -115,14 +119,43 @@ impl LocalStore {
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
 
+        // Workspaces whose removal a crash interrupted, and workspaces without a session
+        // (a crash between the row and the directory), go; then what stays gets its uids.
+        let trash_dir = data_dir.join("trash");
+        std::fs::create_dir_all(&trash_dir)?;
+        std::fs::set_permissions(&trash_dir, std::fs::Permissions::from_mode(0o700))?;
+        let known: std::collections::HashSet<String> = conn
+            .prepare("SELECT id FROM sessions")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for entry in std::fs::read_dir(&sessions_dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                tracing::info!(dir = %name, "moving a workspace without a session to the trash");
+                let _ = std::fs::rename(entry.path(), trash_dir.join(format!("orphan-{name}")));
+            }
+        }
+        empty_trash(trash_dir.clone());
+
+        if let Some(uids) = &uids {
+            adopt_workspaces(&sessions_dir, uids);
+        }
         Ok(LocalStore {
-            owner,
+            uids,
             sessions_dir,
             staging_dir,
+            trash_dir,
             quota_bytes,
             body_idle: None,
             db: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Who owns the session's workspace (and must own what the server puts there).
+    fn owner(&self, session_id: &str) -> Option<(u32, u32)> {
+        self.uids.as_ref()?;
+        let uid = owner_of(&self.workspace_path(session_id)).ok()?;
+        Some((uid, uid))
     }
 
     /// Refuse an upload body that sends nothing for `idle` (a client that stalls would
@@ -149,14 +182,65 @@ impl LocalStore {
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
+    /// Take deleted sessions' workspaces away at once (a rename to the trash) and remove
+    /// them in the background, to any depth. A kernel still dying writes into the trash,
+    /// which is removed a few rounds over, and emptied again at the next start.
     fn remove_workspaces(&self, ids: &[String]) {
         for id in ids {
-            let dir = self.sessions_dir.join(id);
-            if let Err(err) = std::fs::remove_dir_all(&dir)
-                && err.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(session = %id, error = %err, "could not remove a session's files");
+            let dir = self.workspace_path(id);
+            let owner = owner_of(&dir).ok();
+            let trash = self.trash_dir.join(format!("{id}-{}", &new_id()[..8]));
+            let doomed = match std::fs::rename(&dir, &trash) {
+                Ok(()) => trash,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    tracing::warn!(session = %id, error = %err, "could not move a session's files to the trash");
+                    dir
+                }
+            };
+            if let (Some(uids), Some(uid)) = (&self.uids, owner) {
+                uids.release(uid);
             }
+            let session = id.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(err) = super::tree::remove_tree(&doomed) {
+                    tracing::warn!(%session, error = %err, "could not remove a session's files; the next start retries");
+                }
+            });
+        }
+    }
+}
+
+/// Remove everything in the trash, on a thread of its own (a big trash must not hold up
+/// the start).
+fn empty_trash(trash: PathBuf) {
+    std::thread::spawn(move || {
+        for entry in std::fs::read_dir(&trash).into_iter().flatten().flatten() {
+            if let Err(err) = super::tree::remove_tree(&entry.path()) {
+                tracing::warn!(error = %err, "could not empty the trash");
+            }
+        }
+    });
+}
+
+/// Give every workspace a uid of the range: record the ones that have one, and hand the
+/// others (made by an older version, all as one uid) a fresh one.
+fn adopt_workspaces(sessions_dir: &Path, uids: &UidRange) {
+    for entry in std::fs::read_dir(sessions_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(uid) = owner_of(&entry.path()) else {
+            continue;
+        };
+        if uids.contains(uid) {
+            uids.mark_used(uid);
+            continue;
+        }
+        let fresh = uids.allocate();
+        if let Err(err) = super::tree::give_tree(&entry.path(), fresh) {
+            tracing::warn!(error = %err, "could not give a workspace its own uid");
         }
     }
 }
@@ -251,52 +335,38 @@ fn hash_file(mut file: std::fs::File) -> std::io::Result<(u64, String)> {
 /// Most entries one snapshot looks at; a workspace with more is reported partially.
 const MAX_WALK_ENTRIES: usize = 100_000;
 
-/// The regular files under `root`, without following symlinks or entering tool litter.
+/// The regular files under `root`, without following symlinks or entering tool litter,
+/// by descriptor (a tree deeper than `PATH_MAX` is walked to the depth a file name can
+/// have, never failing the run), at most `MAX_WALK_ENTRIES` entries.
 fn walk_workspace(root: &Path) -> std::io::Result<Snapshot> {
-    use std::os::unix::fs::MetadataExt;
+    use rustix::fs::FileType;
     let mut out = Snapshot::new();
-    let mut seen = 0usize;
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+    super::tree::walk(root, MAX_WALK_ENTRIES, |entry| {
+        let Ok(name) = entry.name.to_str() else {
+            return false;
         };
-        for entry in entries.flatten() {
-            seen += 1;
-            if seen > MAX_WALK_ENTRIES {
-                return Ok(out);
+        match entry.file_type() {
+            FileType::Directory => {
+                !IGNORED_DIRS.contains(&name) && entry.rel.len() < super::name::MAX_NAME_BYTES
             }
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            let rel = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            // DirEntry::metadata does not follow symlinks.
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                if !IGNORED_DIRS.contains(&name.as_str()) {
-                    stack.push((entry.path(), rel));
+            FileType::RegularFile => {
+                if let Ok(file_name) = FileName::parse(entry.rel) {
+                    let stat = entry.stat;
+                    out.insert(
+                        file_name,
+                        FileStamp {
+                            size: stat.st_size as u64,
+                            modified_ns: stat.st_mtime as i128 * 1_000_000_000
+                                + stat.st_mtime_nsec as i128,
+                            inode: stat.st_ino,
+                        },
+                    );
                 }
-            } else if meta.is_file()
-                && let Ok(file_name) = FileName::parse(&rel)
-            {
-                out.insert(
-                    file_name,
-                    FileStamp {
-                        size: meta.len(),
-                        modified_ns: meta.mtime() as i128 * 1_000_000_000
-                            + meta.mtime_nsec() as i128,
-                        inode: meta.ino(),
-                    },
-                );
+                false
             }
+            _ => false,
         }
-    }
+    })?;
     Ok(out)
 }
 
@@ -320,8 +390,9 @@ impl Store for LocalStore {
         };
         let workspace = self.workspace_path(&session.id);
         std::fs::create_dir_all(&workspace).map_err(StoreError::from_io)?;
-        if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(&workspace, Some(uid), Some(gid))?;
+        if let Some(uids) = &self.uids {
+            let uid = uids.allocate();
+            std::os::unix::fs::chown(&workspace, Some(uid), Some(uid))?;
         }
         let row = session.clone();
         self.with_db(move |conn| {
@@ -451,9 +522,6 @@ impl Store for LocalStore {
         // Readable by the sandbox user once it is in the workspace (tempfile makes 0600).
         temp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-        if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::fchown(temp.as_file(), Some(uid), Some(gid))?;
-        }
         // One descriptor while the body streams, none once it is staged.
         let (file, temp) = temp.into_parts();
         let file = tokio::fs::File::from_std(file);
@@ -496,7 +564,7 @@ impl Store for LocalStore {
         let sid = session_id.to_owned();
         let root = self.workspace_path(session_id);
         let quota = self.quota_bytes;
-        let owner = self.owner;
+        let owner = self.owner(session_id);
         self.with_db(move |conn| {
             let tx = conn.transaction()?;
             if !session_exists(&tx, &sid)? {
@@ -541,6 +609,10 @@ impl Store for LocalStore {
                     params![sid, meta.name.as_str()],
                 )?;
                 insert_file(&tx, &meta)?;
+                // The session's uid owns it (set while it is still in the server's staging).
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&f.staged.temp, Some(uid), Some(gid))?;
+                }
                 // The rename happens inside the transaction: if it fails, the metadata rolls back.
                 workspace
                     .rename_into(&f.staged.temp, &meta.name)
@@ -703,15 +775,11 @@ impl Store for LocalStore {
         let src_name = source.name.clone();
         let sha256 = source.sha256.clone();
         let staging = self.staging_dir.clone();
-        let owner = self.owner;
         let staged = tokio::task::spawn_blocking(move || -> std::io::Result<StagedFile> {
             let mut src = Workspace::new(&src_root, None).open_file(&src_name)?;
             let temp = tempfile::NamedTempFile::new_in(staging)?;
             temp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::fchown(temp.as_file(), Some(uid), Some(gid))?;
-            }
             // std's copy between files uses copy_file_range: no bytes pass through memory,
             // and the result is a copy, never a link to the source.
             let size = std::io::copy(&mut src, &mut temp.as_file())?;

@@ -7,6 +7,7 @@
 
 mod local;
 mod name;
+mod tree;
 mod workspace;
 
 use std::io;
@@ -19,6 +20,7 @@ use futures::stream::BoxStream;
 
 pub use local::LocalStore;
 pub use name::FileName;
+pub use tree::give_tree;
 
 use crate::session::{SessionOwner, Tenant};
 

@@ -5,7 +5,7 @@ use std::fmt;
 /// Longest path segment Linux accepts.
 const MAX_SEGMENT_BYTES: usize = 255;
 /// Longest whole name we keep; deeper trees are refused rather than half-stored.
-const MAX_NAME_BYTES: usize = 1024;
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// A validated relative path such as `plot.png` or `out/report.csv`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

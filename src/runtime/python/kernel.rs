@@ -229,6 +229,35 @@ impl ReaderContext {
     }
 }
 
+/// Names the server process that owns an instance directory.
+const OWNER_FILE: &str = "server.pid";
+
+/// This server's directory for kernel sockets below `root`: a random name, so that what a
+/// sandbox sees of the path (in `/proc/self/mountinfo`) does not give away the server's
+/// pid. Directories of servers that no longer run are removed.
+pub fn instance_dir(root: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root)?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
+    for entry in std::fs::read_dir(root)?.flatten() {
+        // The owner's pid is in the file (or, in the older layout, the directory's name).
+        let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE))
+            .ok()
+            .or_else(|| entry.file_name().to_str().map(str::to_owned))
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        if let Some(pid) = owner
+            && !Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = root.join(&crate::session::new_id()[..12]);
+    std::fs::create_dir(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
+    Ok(dir)
+}
+
 /// The connected channels, before they become a `Kernel`.
 struct Channels {
     codec: Codec,
@@ -254,7 +283,8 @@ impl Kernel {
         let id = crate::session::new_id()[..12].to_owned();
         let socket_dir = spec.sockets_root.join(&id);
         std::fs::create_dir_all(&socket_dir)?;
-        if let Some((uid, gid)) = sandbox.user() {
+        // The kernel runs as its workspace's owner and must create its sockets here.
+        if let Some((uid, gid)) = sandbox.user_for(Some(spec.workspace))? {
             std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid))?;
         }
         let key = crate::session::new_id() + &crate::session::new_id();

@@ -120,13 +120,8 @@ impl PythonRuntime {
                 "code-interpreter-{}",
                 rustix::process::getuid().as_raw()
             ))
-        }
-        .join(std::process::id().to_string());
-        std::fs::create_dir_all(&sockets_root)?;
-        std::fs::set_permissions(
-            &sockets_root,
-            std::os::unix::fs::PermissionsExt::from_mode(0o711),
-        )?;
+        };
+        let sockets_root = kernel::instance_dir(&sockets_root)?;
         // Pooled workspaces must be on the same filesystem as the sessions' (a claim renames).
         let pool_dir = data_dir.join("pool");
         if pool_dir.exists() {
@@ -208,13 +203,15 @@ impl PythonRuntime {
     async fn start_pooled(&self) -> Result<Pooled, RuntimeError> {
         let dir = self.pool_dir.join(crate::session::new_id());
         std::fs::create_dir(&dir)?;
-        if let Some((uid, gid)) = self.sandbox.user() {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        // A uid of its own, which the session that claims it takes over.
+        if let Some(uids) = self.sandbox.uids() {
+            let uid = uids.allocate();
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
         }
         let kernel = match self.launch(&dir).await {
             Ok(k) => k,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                self.discard_pool_dir(&dir);
                 return Err(e);
             }
         };
@@ -233,9 +230,20 @@ impl PythonRuntime {
         })
     }
 
+    /// Remove a pooled kernel's directory and give its uid back.
+    fn discard_pool_dir(&self, dir: &Path) {
+        let owner = crate::sandbox::owner_of(dir);
+        let _ = std::fs::remove_dir_all(dir);
+        if let (Some(uids), Ok(uid)) = (self.sandbox.uids(), owner) {
+            uids.release(uid);
+        }
+    }
+
     /// Move the session's files into a pooled kernel's directory and put that directory
-    /// in the session's place. `Err` gives the kernel back when the swap cannot be made.
-    fn claim(pooled: Pooled, workspace: &Path) -> Result<Box<Kernel>, Pooled> {
+    /// in the session's place; the files and the session take the kernel's uid. `Err` gives
+    /// the kernel back when the swap cannot be made.
+    fn claim(&self, pooled: Pooled, workspace: &Path) -> Result<Box<Kernel>, Pooled> {
+        let old_owner = crate::sandbox::owner_of(workspace);
         let moved: Vec<PathBuf> = match std::fs::read_dir(workspace) {
             Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
             Err(_) => return Err(pooled),
@@ -252,6 +260,17 @@ impl PythonRuntime {
             done.push((from.clone(), to));
         }
         if done.len() == moved.len() && std::fs::rename(&pooled.dir, workspace).is_ok() {
+            if let (Some(uids), Ok(old), Ok(new)) = (
+                self.sandbox.uids(),
+                old_owner,
+                crate::sandbox::owner_of(workspace),
+            ) && old != new
+            {
+                if let Err(err) = crate::store::give_tree(workspace, new) {
+                    tracing::warn!(error = %err, "could not hand a session's files to its kernel's uid");
+                }
+                uids.release(old);
+            }
             return Ok(pooled.kernel);
         }
         // Something raced us (an upload landed meanwhile): put everything back.
@@ -343,10 +362,10 @@ impl PythonRuntime {
                 break;
             };
             if !pooled.kernel.is_alive() {
-                let _ = std::fs::remove_dir_all(&pooled.dir);
+                self.discard_pool_dir(&pooled.dir);
                 continue;
             }
-            match Self::claim(pooled, workspace) {
+            match self.claim(pooled, workspace) {
                 Ok(k) => kernel = Some(k),
                 Err(back) => {
                     lock(&self.pool).push(back);
