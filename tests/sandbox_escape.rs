@@ -198,7 +198,9 @@ async fn a_memory_bomb_is_killed_by_the_limit() {
     let server = start().await;
     let body = python(
         &server,
-        "print('start', flush=True)\nx = bytearray(2 * 1024**3)\nprint('survived')",
+        // A flushed line is queued in the kernel's ZeroMQ thread; give it a moment to leave
+        // the process before the kill.
+        "import time\nprint('start', flush=True)\ntime.sleep(0.5)\nx = bytearray(2 * 1024**3)\nprint('survived')",
     )
     .await;
     common::assert_stopped(&body, "killed", "memory limit of 256 MiB");
