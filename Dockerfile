@@ -7,7 +7,8 @@
 # Build arguments:
 #   BASE_IMAGE   Debian 12 image both stages start from (default debian:12-slim)
 #   SERVER_FROM  source: build the server here (default); prebuilt: take the binary from
-#                target/prebuilt/code-interpreter in the build context (a host build)
+#                target/prebuilt/code-interpreter in the build context (a host build).
+#                podman/buildah 1.28 needs it given explicitly (--build-arg SERVER_FROM=source)
 #   APP_UID, APP_GID  the unprivileged user the server runs as (match your volume owner)
 ARG BASE_IMAGE=debian:12-slim
 ARG SERVER_FROM=source
