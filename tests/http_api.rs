@@ -241,7 +241,7 @@ async fn bad_input_gets_a_4xx_with_a_sentence_never_a_5xx() {
         StatusCode::METHOD_NOT_ALLOWED,
     )
     .await;
-    // Not built yet: 501 with a sentence.
+    // A programmatic call without a body.
     let r = server
         .client
         .post(server.url("/v1/exec/programmatic"))
@@ -249,7 +249,7 @@ async fn bad_input_gets_a_4xx_with_a_sentence_never_a_5xx() {
         .send()
         .await
         .unwrap();
-    check(r, StatusCode::NOT_IMPLEMENTED).await;
+    check(r, StatusCode::BAD_REQUEST).await;
     // Profile headers.
     let r = server
         .get(&format!("/files/{SID}"), KEY_A)

@@ -156,7 +156,7 @@ fn millis(d: Duration) -> f64 {
 }
 
 impl ExecFile {
-    fn of(f: &OutputFile) -> Self {
+    pub(super) fn of(f: &OutputFile) -> Self {
         let reference = f.reference.as_ref();
         ExecFile {
             id: f.meta.id.clone(),
@@ -284,13 +284,41 @@ impl From<ExecError> for ApiError {
     }
 }
 
-fn label(value: Option<String>, field: &str) -> ApiResult<Option<String>> {
+pub(super) fn label(value: Option<String>, field: &str) -> ApiResult<Option<String>> {
     match value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
         Some(v) if v.len() > 128 || v.chars().any(char::is_control) => Err(ApiError::validation(
             format!("'{field}' must be at most 128 printable characters."),
         )),
         other => Ok(other),
     }
+}
+
+/// The request's input files, in LibreChat's 2.x or 3.x shape.
+pub(super) fn file_refs(files: Option<Vec<FileRefBody>>) -> ApiResult<Vec<FileRef>> {
+    files
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let storage = f.storage_session_id.or(f.session_id);
+            match (f.id, f.name, storage) {
+                (Some(id), Some(name), Some(storage_session_id)) => Ok(FileRef {
+                    storage_session_id,
+                    id,
+                    name,
+                    resource_id: f.resource_id,
+                    kind: f.kind,
+                    version: f.version.map(|v| match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    }),
+                }),
+                _ => Err(ApiError::validation(format!(
+                    "files[{i}] needs 'id', 'name' and 'session_id' (or 'storage_session_id')."
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// Check and convert the JSON body. Every mistake gets its own sentence.
@@ -358,31 +386,7 @@ pub fn parse_request(
         .flatten()
     });
     let hint = label(body.runtime_session_hint, "runtime_session_hint")?;
-    let files = body
-        .files
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let storage = f.storage_session_id.or(f.session_id);
-            match (f.id, f.name, storage) {
-                (Some(id), Some(name), Some(storage_session_id)) => Ok(FileRef {
-                    storage_session_id,
-                    id,
-                    name,
-                    resource_id: f.resource_id,
-                    kind: f.kind,
-                    version: f.version.map(|v| match v {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    }),
-                }),
-                _ => Err(ApiError::validation(format!(
-                    "files[{i}] needs 'id', 'name' and 'session_id' (or 'storage_session_id')."
-                ))),
-            }
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
+    let files = file_refs(body.files)?;
     // A stateful hint maps to a session like an entity does, keyed apart from entities.
     let entity_id = match hint {
         Some(h) => Some(format!("hint:{h}")),

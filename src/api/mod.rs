@@ -11,6 +11,7 @@ mod exec;
 mod files;
 mod notebook;
 mod openapi;
+mod programmatic;
 mod system;
 mod web;
 mod wire;
@@ -71,6 +72,11 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
         .route("/exec", post(exec::exec))
         .route("/exec/stream", post(exec::exec_stream))
         .layer(DefaultBodyLimit::max(exec_body_limit));
+    // A continuation carries tool results as well (each at most 5 MiB).
+    let programs = Router::new()
+        .route("/exec/programmatic", post(programmatic::programmatic))
+        .route("/exec/programmatic/cancel", post(programmatic::cancel))
+        .layer(DefaultBodyLimit::max(exec_body_limit + 32 * 1024 * 1024));
     // The MCP service bounds its own request bodies; one service (and one session table)
     // answers at /mcp and /v1/mcp.
     let mcp = crate::mcp::http_service(
@@ -84,6 +90,7 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .merge(uploads)
         .merge(exec)
+        .merge(programs)
         .route_service("/mcp", mcp)
         .route("/files/{session_id}", get(files::list_files))
         .route("/files/{session_id}/{file_id}", delete(files::delete_file))
@@ -96,8 +103,6 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
             "/sessions/{session_id}/objects/{file_id}",
             get(files::object_info).delete(files::delete_file),
         )
-        .route("/exec/programmatic", post(system::programmatic))
-        .route("/exec/programmatic/cancel", post(system::programmatic))
         .route("/metrics", get(system::metrics))
         .route("/libraries", get(system::libraries))
         .route_layer(middleware::from_fn_with_state(

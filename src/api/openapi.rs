@@ -13,7 +13,7 @@ use utoipa::openapi::server::Server;
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use super::{AppState, error, exec, files, notebook, system, wire};
+use super::{AppState, error, exec, files, notebook, programmatic, system, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,7 +42,8 @@ use super::{AppState, error, exec, files, notebook, system, wire};
         system::metrics,
         system::libraries,
         system::root,
-        system::programmatic,
+        programmatic::programmatic,
+        programmatic::cancel,
     ),
     components(schemas(
         error::ErrorBody,
@@ -55,6 +56,13 @@ use super::{AppState, error, exec, files, notebook, system, wire};
         exec::KernelAction,
         exec::StreamFrame,
         exec::FrameFile,
+        programmatic::ProgramBody,
+        programmatic::ToolBody,
+        programmatic::ToolResultBody,
+        programmatic::ProgramResponse,
+        programmatic::ToolCallBody,
+        programmatic::CancelBody,
+        programmatic::CancelResponse,
         wire::FileObject,
         wire::FileMetadata,
         wire::SimpleFile,

@@ -364,20 +364,6 @@ pub async fn root(State(state): State<AppState>, headers: HeaderMap) -> Response
     }
 }
 
-/// LibreChat 3.x programmatic tool calling is not built yet.
-#[utoipa::path(
-    post, path = "/exec/programmatic", tag = "exec",
-    responses((status = 501, body = ErrorBody)),
-    security(("api_key" = []), ("bearer" = []))
-)]
-pub async fn programmatic() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "Programmatic tool calling is not available on this server yet; call POST /exec instead.",
-    )
-}
-
 pub async fn not_found() -> ApiError {
     ApiError::not_found("No such route; the API is described at /docs and /openapi.json.")
 }

@@ -5,6 +5,7 @@
 //! and MCP forward it. Speaks Rust types only.
 
 mod slots;
+mod programmatic;
 mod utf8;
 
 use std::collections::HashMap;
@@ -19,11 +20,15 @@ use crate::notebook::Notebooks;
 use crate::runtime::process::{ProcessRuntime, RunRequest};
 use crate::runtime::python::{PythonError, PythonRuntime};
 use crate::runtime::{self, Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
-use crate::sandbox::Limits;
+use crate::sandbox::{Limits, Mount};
 use crate::session::{SessionOwner, SessionTurns, Tenant, is_valid_id, new_id};
 use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
 
 use slots::RunSlots;
+pub use programmatic::{
+    CancelOutcome, MAX_RESULT_BYTES, ProgramError, ProgramLanguage, ProgramRequest, Step,
+    ToolResult, ToolSpec,
+};
 pub use utf8::Utf8Decoder;
 
 /// Image types a rich output may carry, the file extension each is saved with.
@@ -331,6 +336,18 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// What a programmatic run adds to a plain one.
+#[derive(Debug, Default)]
+struct RunExtras {
+    /// Bound into a one-shot run's sandbox (the bridge its tool calls go through).
+    mounts: Vec<Mount>,
+    /// Added to a one-shot run's environment.
+    env: Vec<(String, String)>,
+    /// The code wraps the client's, whose size the caller checked: `MAX_CODE_BYTES` is for
+    /// the client's code, not for the wrapper.
+    wrapped: bool,
+}
+
 /// A run that has started: its session, its events (ending with `Done`), its handle.
 pub struct Started {
     pub session_id: String,
@@ -375,6 +392,8 @@ pub struct ExecService {
     slots: Arc<RunSlots>,
     active: Mutex<HashMap<String, ActiveRun>>,
     notebooks: Arc<Notebooks>,
+    /// Programmatic runs waiting for their client's tool results.
+    programs: programmatic::Registry,
 }
 
 impl ExecService {
@@ -400,6 +419,7 @@ impl ExecService {
             slots,
             active: Mutex::default(),
             notebooks,
+            programs: programmatic::Registry::default(),
         }
     }
 
@@ -420,9 +440,18 @@ impl ExecService {
     /// Check the request, resolve its session and inputs, then start the run. Everything a
     /// client can get wrong fails here, before any event is sent.
     pub async fn start(self: &Arc<Self>, req: ExecRequest) -> Result<Started, ExecError> {
+        self.start_with(req, RunExtras::default()).await
+    }
+
+    /// `start`, with what a programmatic run adds (see `RunExtras`).
+    async fn start_with(
+        self: &Arc<Self>,
+        req: ExecRequest,
+        extras: RunExtras,
+    ) -> Result<Started, ExecError> {
         let language = Language::parse(&req.lang)
             .ok_or_else(|| ExecError::UnsupportedLanguage(req.lang.clone()))?;
-        if req.code.len() as u64 > self.settings.max_code_bytes {
+        if !extras.wrapped && req.code.len() as u64 > self.settings.max_code_bytes {
             return Err(ExecError::CodeTooLarge {
                 size: req.code.len(),
                 limit: self.settings.max_code_bytes,
@@ -460,6 +489,7 @@ impl ExecService {
                     version.clone(),
                     inputs,
                     run_token,
+                    &extras,
                     &tx,
                 )
                 .await;
@@ -665,6 +695,7 @@ impl ExecService {
         version: String,
         inputs: Vec<(FileRef, FileName, FileMeta)>,
         cancel: CancellationToken,
+        extras: &RunExtras,
         tx: &mpsc::Sender<ExecEvent>,
     ) -> Result<ExecResult, ExecError> {
         let queued = Instant::now();
@@ -732,6 +763,8 @@ impl ExecService {
             disk_quota: self.settings.session_disk_quota_bytes(),
             run_id: &run_id,
             cancel: cancel.clone(),
+            mounts: &extras.mounts,
+            env: &extras.env,
         };
 
         let mut output = Output::new(

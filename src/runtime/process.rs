@@ -60,6 +60,10 @@ pub struct RunRequest<'a> {
     pub run_id: &'a str,
     /// Cancelled: the whole process tree is killed.
     pub cancel: CancellationToken,
+    /// More directories bound into the run's sandbox (not into a build's).
+    pub mounts: &'a [Mount],
+    /// More environment variables for the run (not for a build).
+    pub env: &'a [(String, String)],
 }
 
 /// How a language turns source into a running program.
@@ -487,6 +491,24 @@ impl ProcessRuntime {
         }
     }
 
+    /// A private directory that sandboxed code may write (owned by the sandbox's user),
+    /// removed when dropped: a run's helpers meet the server there.
+    pub fn scratch_dir(&self) -> std::io::Result<tempfile::TempDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("scratch-")
+            .tempdir_in(&self.runs_dir)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = self.sandbox.user() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+        }
+        Ok(dir)
+    }
+
+    /// The sandbox's user and group, when runs switch to one.
+    pub fn sandbox_user(&self) -> Option<(u32, u32)> {
+        self.sandbox.user()
+    }
+
     /// A private, readable-by-the-sandbox directory holding the source.
     fn write_source(&self, plan: &Plan) -> std::io::Result<tempfile::TempDir> {
         let dir = tempfile::Builder::new()
@@ -543,6 +565,9 @@ impl ProcessRuntime {
             }
         }
         argv.extend(req.args.iter().cloned());
+        mounts.extend(req.mounts.iter().cloned());
+        let mut env = env;
+        env.extend(req.env.iter().cloned());
 
         let job = Job {
             argv,

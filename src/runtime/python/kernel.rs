@@ -579,7 +579,14 @@ impl Kernel {
 
     /// Ask the kernel to stop the running cell (KeyboardInterrupt), over the control channel.
     pub async fn interrupt(&self) -> Result<(), KernelError> {
-        let (_, frames) = self.codec.request("interrupt_request", json!({}));
+        self.send_control("interrupt_request", json!({})).await
+    }
+
+    /// Send a control-channel message: the kernel's control thread handles it while a cell
+    /// runs (an interrupt, or a handler the cell installed for `msg_type`; no reply is
+    /// awaited).
+    pub async fn send_control(&self, msg_type: &str, content: Value) -> Result<(), KernelError> {
+        let (_, frames) = self.codec.request(msg_type, content);
         let sent = tokio::time::timeout(INTERRUPT_GRACE, async {
             self.control.lock().await.send(&frames).await
         })

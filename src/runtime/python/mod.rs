@@ -598,6 +598,21 @@ impl PythonRuntime {
         }
     }
 
+    /// Hand a control-channel message to the session's kernel (for a handler its running
+    /// cell installed); false when it has no live kernel.
+    pub async fn notify(
+        &self,
+        session_id: &str,
+        msg_type: &str,
+        content: serde_json::Value,
+    ) -> bool {
+        let live = lock(&self.live).get(session_id).cloned();
+        match live {
+            Some(k) => k.kernel.send_control(msg_type, content).await.is_ok(),
+            None => false,
+        }
+    }
+
     /// Shut the session's kernel down; the next call starts a fresh one. Files stay.
     pub fn restart(&self, session_id: &str) -> bool {
         let removed = lock(&self.live).remove(session_id);
