@@ -4,8 +4,8 @@
 //! it as a stream of events ending in `Done`. `/exec` folds that stream; `/exec/stream`
 //! and MCP forward it. Speaks Rust types only.
 
-mod slots;
 mod programmatic;
+mod slots;
 mod utf8;
 
 use std::collections::HashMap;
@@ -24,11 +24,11 @@ use crate::sandbox::{Limits, Mount};
 use crate::session::{SessionOwner, SessionTurns, Tenant, is_valid_id, new_id};
 use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
 
-use slots::RunSlots;
 pub use programmatic::{
     CancelOutcome, MAX_RESULT_BYTES, ProgramError, ProgramLanguage, ProgramRequest, Step,
     ToolResult, ToolSpec,
 };
+use slots::RunSlots;
 pub use utf8::Utf8Decoder;
 
 /// Image types a rich output may carry, the file extension each is saved with.
