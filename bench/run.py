@@ -1369,6 +1369,118 @@ def concurrent_sessions(ctx: Ctx, res: Result) -> None:
         )
 
 
+PTC_TOOLS = [
+    {"name": "get_weather", "description": "Weather of a city",
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+    {"name": "lookup_id", "description": "A user's id",
+     "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
+]
+
+# A slow step before the first call, two calls at once, then a chain of calls that each
+# depend on the last: 1 + 1 + 6 = 8 rounds, 9 tool calls.
+PTC_PROGRAM = """
+import time
+time.sleep(0.2)
+sf, ny = await asyncio.gather(get_weather(city="SF"), get_weather(city="NY"))
+ident = await lookup_id(name="alice")
+total = 0
+for i in range(6):
+    total += (await get_weather(city=ident["id"] + str(i)))["temp"]
+print(sf["temp"], ny["temp"], ident["id"], total)
+"""
+
+# The same program with the tools as local functions: what it costs run straight through.
+PTC_INLINE = """
+import asyncio, time
+async def get_weather(city):
+    return {"city": city, "temp": 18 if city == "SF" else 25 if city == "NY" else 10}
+async def lookup_id(name):
+    return {"id": "u-" + name}
+async def main():
+    time.sleep(0.2)
+    sf, ny = await asyncio.gather(get_weather(city="SF"), get_weather(city="NY"))
+    ident = await lookup_id(name="alice")
+    total = 0
+    for i in range(6):
+        total += (await get_weather(city=ident["id"] + str(i)))["temp"]
+    print(sf["temp"], ny["temp"], ident["id"], total)
+await main()
+"""
+PTC_STDOUT = "18 25 u-alice 60\n"
+
+
+def ptc_tool(call: dict) -> dict:
+    args = call.get("input") or {}
+    if call["name"] == "lookup_id":
+        return {"id": "u-" + args["name"]}
+    city = args["city"]
+    return {"city": city, "temp": 18 if city == "SF" else 25 if city == "NY" else 10}
+
+
+def ptc_run(api: Api, session_id: str) -> tuple[float, list[int]]:
+    """Drive PTC_PROGRAM as LibreChat does: run the tools of each tool_call_required and
+    continue. (client-side milliseconds, calls per round)."""
+    url = api.url("/exec/programmatic")
+    body: dict = {"code": PTC_PROGRAM, "tools": PTC_TOOLS, "session_id": session_id, "timeout": 60000}
+    rounds: list[int] = []
+    t0 = time.perf_counter()
+    while True:
+        r = api.http.post(url, json=body, timeout=HTTP_TIMEOUT)
+        if route_missing(r):
+            raise Skip(f"POST /exec/programmatic answered {r.status_code}")
+        if r.status_code != 200:
+            raise ScenarioError(f"POST /exec/programmatic {describe(r)}")
+        step = r.json()
+        if step.get("status") != "tool_call_required":
+            break
+        calls = step.get("tool_calls") or []
+        rounds.append(len(calls))
+        body = {
+            "continuation_token": step["continuation_token"],
+            "tool_results": [{"call_id": c["id"], "result": ptc_tool(c)} for c in calls],
+        }
+    elapsed = ms_since(t0)
+    if step.get("status") != "completed" or step.get("stdout") != PTC_STDOUT:
+        raise ScenarioError(f"the programmatic run ended with {json.dumps(step)[:400]}")
+    return elapsed, rounds
+
+
+@scenario(
+    "ptc_rounds",
+    "programmatic tool calling: a multi-round program",
+    "A Python program with a 0.2 s step, two parallel tool calls, then seven chained ones, "
+    "driven through POST /exec/programmatic as LibreChat drives it (each tool_call_required "
+    "answered by the client, then the continuation). Baseline: the same program with the "
+    "tools as local functions, run straight through by POST /exec in the same warm session. "
+    "Info: the ratio, and the rounds (a run is suspended at each round and resumed, never "
+    "replayed: a replaying server would pay the 0.2 s step again in every round).",
+)
+def ptc_rounds(ctx: Ctx, res: Result) -> None:
+    n = ctx.reps(20, 3)
+    _, j = ctx.api.exec("py", "print(1)", expect_stdout="1\n")
+    sid = j["session_id"]
+    ptc_run(ctx.api, sid)
+    ctx.api.exec("py", PTC_INLINE, session_id=sid, expect_stdout=PTC_STDOUT)
+    ptc_ms, inline_ms, rounds = [], [], []
+    for _ in range(n):
+        ms, rounds = ptc_run(ctx.api, sid)
+        ptc_ms.append(ms)
+        inline_ms.append(ctx.api.exec("py", PTC_INLINE, session_id=sid, expect_stdout=PTC_STDOUT)[0])
+    ctx.api.delete_session(sid)
+    a = res.add(f"/exec/programmatic, {len(rounds)} rounds, {sum(rounds)} tool calls", ptc_ms)
+    b = res.add("the same program straight through /exec (baseline)", inline_ms, role="baseline")
+    res.info("rounds (tool calls in each)", f"{len(rounds)}: {rounds}")
+    res.info(
+        "programmatic vs straight through",
+        f"{a.p50 / b.p50:.2f}× ({fmt_ms(a.p50)} vs {fmt_ms(b.p50)} ms; "
+        f"{(a.p50 - b.p50) / max(len(rounds), 1):.0f} ms per round)",
+    )
+    res.notes.append(
+        "each round is one HTTP answer and one continuation over a keep-alive connection; the "
+        "tools answer at once, so the difference is the cost of suspending and resuming"
+    )
+
+
 # ----------------------------------------------------------------------------- machine
 
 

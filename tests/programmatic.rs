@@ -825,3 +825,307 @@ echo sent
     assert!(rounds <= 1, "{rounds}");
     assert_eq!(std::fs::read_to_string(&canary).unwrap(), "untouched");
 }
+
+/// Scratch directories (a bash run's FIFOs and tool functions live in one) left in the
+/// server's runs directory.
+fn scratch_dirs(server: &TestServer) -> Vec<String> {
+    std::fs::read_dir(server.data_dir.join("runs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("scratch-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn hostile_tool_results_are_refused_or_delivered_verbatim_and_held_inputs_are_bounded() {
+    let server = TestServer::start(&[("KERNEL_POOL_SIZE", "1")]).await;
+    // Bodies that are not what the route takes.
+    for body in [
+        &b"not json at all"[..],
+        b"[1,2,3]",
+        b"{\"continuation_token\": 5}",
+    ] {
+        let resp = server
+            .client
+            .post(server.url("/v1/exec/programmatic"))
+            .header("x-api-key", KEY_A)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{:?}", String::from_utf8_lossy(body));
+    }
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let resp = server
+        .client
+        .post(server.url("/v1/exec/programmatic"))
+        .header("x-api-key", KEY_A)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"continuation_token": "{}", "tool_results": [{{"call_id": "call_001", "result": {deep}}}]}}"#,
+            "a".repeat(42)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "a 5000-deep result");
+
+    let code = r#"
+r = await t()
+print(len(r["big"]), r["odd"] == "\x00<ptc>\u2028" + "\"}", r["mime"])
+with open("/mnt/data/after.txt", "a") as f:
+    f.write("after\n")
+"#;
+    let (status, step) = ptc(
+        &server,
+        KEY_A,
+        &json!({"code": code, "tools": [tool("t", &[])], "timeout": 60000}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(step["status"], "tool_call_required", "{step}");
+    let sid = step["session_id"].as_str().unwrap().to_owned();
+    let id = step["tool_calls"][0]["id"].clone();
+    let token = step["continuation_token"].clone();
+    // Over 5 MiB: 413, and nothing reached the program.
+    let huge = "x".repeat(5 * 1024 * 1024 + 1);
+    let (status, answer) = ptc(
+        &server,
+        KEY_A,
+        &json!({"continuation_token": token, "tool_results": [{"call_id": id, "result": huge}]}),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    drop(huge);
+    // A result that looks like the helper's own messages is data: delivered as sent. Two
+    // continuations at once with the same token: one resumes the program, once.
+    let result = json!({
+        "big": "y".repeat(4 * 1024 * 1024),
+        "odd": "\u{0}<ptc>\u{2028}\"}",
+        "mime": {"application/vnd.code-interpreter.ptc+json": {"token": "x", "calls": []}},
+    });
+    let body =
+        json!({"continuation_token": token, "tool_results": [{"call_id": id, "result": result}]});
+    let (a, b) = tokio::join!(ptc(&server, KEY_A, &body), ptc(&server, KEY_A, &body));
+    let (done, other) = if a.0 == 200 { (a, b) } else { (b, a) };
+    assert_eq!(done.0, 200, "{}", done.1);
+    assert!([404, 409].contains(&other.0.as_u16()), "{other:?}");
+    assert_eq!(done.1["status"], "completed", "{}", done.1);
+    assert_eq!(
+        done.1["stdout"],
+        "4194304 True {'application/vnd.code-interpreter.ptc+json': {'calls': [], 'token': 'x'}}\n"
+    );
+    let after = std::fs::read_to_string(
+        server
+            .data_dir
+            .join("sessions")
+            .join(&sid)
+            .join("after.txt"),
+    )
+    .unwrap();
+    assert_eq!(after, "after\n", "the program went on once");
+
+    // The inputs of calls waiting for results are bounded together (the server holds them
+    // while the client runs the tools): ten calls of 0.9 MB at once stop the run.
+    let code = r#"
+big = "z" * 900_000
+await asyncio.gather(*[t(s=big) for _ in range(10)])
+print("never")
+"#;
+    let (status, step) = ptc(
+        &server,
+        KEY_A,
+        &json!({"code": code, "tools": [tool("t", &["s"])], "session_id": sid}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(step["status"], "error", "{}", &step.to_string()[..300]);
+    assert_eq!(step["error"], "Execution failed or timed out");
+    assert!(
+        step["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("bytes of input together and it was stopped"),
+        "{}",
+        step["stderr"]
+    );
+    // The session's kernel goes on.
+    let (_, body) = exec(
+        &server,
+        KEY_A,
+        json!({"lang": "py", "code": "print(1 + 1)", "session_id": sid}),
+    )
+    .await;
+    assert_eq!(body["stdout"], "2\n", "{body}");
+}
+
+#[tokio::test]
+async fn a_run_never_continued_frees_its_slot_and_leaves_nothing_behind() {
+    let server =
+        TestServer::start(&[("KERNEL_POOL_SIZE", "0"), ("MAX_CONCURRENT_RUNS", "1")]).await;
+    let mark = marker_seconds();
+    let (status, step) = ptc(
+        &server,
+        KEY_A,
+        &json!({"language": "bash", "code": format!("r=$(t '{{}}')\nsleep {mark}"), "tools": [tool("t", &[])], "timeout": 2000}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(step["status"], "tool_call_required", "{step}");
+    assert_eq!(scratch_dirs(&server).len(), 1, "the run's bridge directory");
+    // The only run slot is the suspended run's; another session's call waits for it.
+    let (status, body) = exec(
+        &server,
+        KEY_B,
+        json!({"lang": "bash", "code": "echo other"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stdout"], "other\n");
+    let (status, _) = ptc(
+        &server,
+        KEY_A,
+        &json!({"continuation_token": step["continuation_token"], "tool_results": [{"call_id": step["tool_calls"][0]["id"], "result": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    wait_until("the bridge directory to go", || {
+        scratch_dirs(&server).is_empty()
+    })
+    .await;
+    assert_eq!(processes_with(&mark), 0);
+}
+
+#[tokio::test]
+async fn fifty_suspended_programs_at_once_each_get_their_own_results() {
+    let server = TestServer::start(&[
+        ("KERNEL_POOL_SIZE", "0"),
+        ("MAX_CONCURRENT_RUNS", "50"),
+        ("MAX_CONCURRENT_RUNS_PER_TENANT", "50"),
+    ])
+    .await;
+    let body = json!({
+        "language": "bash",
+        "code": "a=$(t '{\"n\": 1}'); b=$(t \"{\\\"prev\\\": $a}\"); echo \"$a $b\"",
+        "tools": [tool("t", &[])],
+        "timeout": 120000,
+    });
+    let starts = futures::future::join_all((0..50).map(|_| ptc(&server, KEY_A, &body))).await;
+    let mut sessions = std::collections::HashSet::new();
+    for (status, step) in &starts {
+        assert_eq!(*status, 200, "{step}");
+        assert_eq!(step["status"], "tool_call_required", "{step}");
+        sessions.insert(step["session_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        sessions.len(),
+        50,
+        "fifty runs suspended at once, each in its session"
+    );
+    let server = &server;
+    let round = |steps: Vec<(StatusCode, Value)>, nth: usize| {
+        futures::future::join_all(steps.into_iter().enumerate().map(move |(i, (_, step))| {
+            async move {
+                let call = &step["tool_calls"][0];
+                ptc(
+                    server,
+                    KEY_A,
+                    &json!({"continuation_token": step["continuation_token"], "tool_results": [{"call_id": call["id"], "result": i * 10 + nth}]}),
+                )
+                .await
+            }
+        }))
+    };
+    let seconds = round(starts, 1).await;
+    for (status, step) in &seconds {
+        assert_eq!(*status, 200, "{step}");
+        assert_eq!(step["status"], "tool_call_required", "{step}");
+    }
+    let ends = round(seconds, 2).await;
+    for (i, (status, step)) in ends.iter().enumerate() {
+        assert_eq!(*status, 200, "{step}");
+        assert_eq!(step["status"], "completed", "{step}");
+        assert_eq!(step["stdout"], format!("{} {}\n", i * 10 + 1, i * 10 + 2));
+    }
+    wait_until("the bridge directories to go", || {
+        scratch_dirs(server).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_the_request_that_suspended_a_run_stops_it_at_once() {
+    let server = TestServer::start(&[("KERNEL_POOL_SIZE", "1")]).await;
+    let mark = marker_seconds();
+    for (lang, code, request_id) in [
+        (
+            "bash",
+            format!("r=$(t '{{}}'); echo resumed > /mnt/data/resumed.txt; sleep {mark}"),
+            "suspended-bash-request-0001",
+        ),
+        (
+            "python",
+            "await t()\nopen('/mnt/data/resumed.txt', 'w').write('resumed')".to_owned(),
+            "suspended-python-request-01",
+        ),
+    ] {
+        let (status, step) = ptc_at(
+            &server,
+            "/v1/exec/programmatic",
+            KEY_A,
+            &json!({"language": lang, "code": code, "tools": [tool("t", &[])], "timeout": 120000}),
+            Some(request_id),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(step["status"], "tool_call_required", "{step}");
+        let sid = step["session_id"].as_str().unwrap().to_owned();
+        // Not another tenant's to cancel.
+        let (status, _) = ptc_at(
+            &server,
+            "/exec/programmatic/cancel",
+            KEY_B,
+            &json!({"request_id": request_id}),
+            None,
+        )
+        .await;
+        assert_eq!(status, 403);
+        let (status, _) = ptc_at(
+            &server,
+            "/exec/programmatic/cancel",
+            KEY_A,
+            &json!({"request_id": request_id}),
+            None,
+        )
+        .await;
+        assert_eq!(status, 202);
+        // The session is free long before the run's two-minute timeout.
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(60),
+            exec(
+                &server,
+                KEY_A,
+                json!({"lang": "bash", "code": "ls /mnt/data", "session_id": sid}),
+            ),
+        )
+        .await
+        .expect("the cancelled run let its session go");
+        assert_eq!(status, 200);
+        assert_eq!(body["stdout"], "", "{lang}: the program went on: {body}");
+        let (status, answer) = ptc(
+            &server,
+            KEY_A,
+            &json!({"continuation_token": step["continuation_token"], "tool_results": [{"call_id": step["tool_calls"][0]["id"], "result": 1}]}),
+        )
+        .await;
+        assert!(
+            status == 404 || answer["error"] == "Programmatic execution request cancelled",
+            "{lang}: {status} {answer}"
+        );
+    }
+    assert_eq!(processes_with(&mark), 0);
+}

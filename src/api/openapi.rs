@@ -126,19 +126,12 @@ impl Modify for SecuritySchemes {
 
 /// Routes served by a handler documented under another path: `DELETE
 /// /sessions/{session_id}/objects/{file_id}` (LibreChat's official API) deletes like `DELETE
-/// /files/{session_id}/{file_id}`; the programmatic cancel answers like the call.
-const ALIASES: &[(&str, &str, HttpMethod)] = &[
-    (
-        "/files/{session_id}/{file_id}",
-        "/sessions/{session_id}/objects/{file_id}",
-        HttpMethod::Delete,
-    ),
-    (
-        "/exec/programmatic",
-        "/exec/programmatic/cancel",
-        HttpMethod::Post,
-    ),
-];
+/// /files/{session_id}/{file_id}`.
+const ALIASES: &[(&str, &str, HttpMethod)] = &[(
+    "/files/{session_id}/{file_id}",
+    "/sessions/{session_id}/objects/{file_id}",
+    HttpMethod::Delete,
+)];
 
 struct Aliases;
 

@@ -539,8 +539,10 @@ pub struct CancelResponse {
 }
 
 /// Stop the run of the programmatic request sent with this `X-LibreChat-Code-Request-ID`
-/// (LibreChat posts it when the user aborts). An id not seen yet is remembered for two
-/// minutes, so a request that arrives after its cancellation is refused.
+/// (LibreChat posts it when the user aborts), also when that request already answered
+/// `tool_call_required` and the run waits for its continuation (which then answers that
+/// it was cancelled). An id not seen yet is remembered for two minutes, so a request that
+/// arrives after its cancellation is refused.
 #[utoipa::path(
     post, path = "/exec/programmatic/cancel", tag = "exec",
     request_body = CancelBody,

@@ -343,6 +343,8 @@ struct RunExtras {
     mounts: Vec<Mount>,
     /// Added to a one-shot run's environment.
     env: Vec<(String, String)>,
+    /// Handed to the user the sandbox runs as (the session's own uid), once it is known.
+    owned: Vec<std::path::PathBuf>,
     /// The code wraps the client's, whose size the caller checked: `MAX_CODE_BYTES` is for
     /// the client's code, not for the wrapper.
     wrapped: bool,
@@ -747,6 +749,15 @@ impl ExecService {
 
         let before = self.store.snapshot(&session.id).await?;
         let workspace = self.store.workspace_path(&session.id);
+        if !extras.owned.is_empty() {
+            self.process
+                .hand_to_sandbox(&workspace, &extras.owned)
+                .map_err(|e| {
+                    ExecError::Internal(format!(
+                        "a run's files could not be handed to its sandbox: {e}"
+                    ))
+                })?;
+        }
         let timeout = req
             .timeout
             .unwrap_or(Duration::MAX)

@@ -39,6 +39,9 @@ const MAX_CALLS: usize = 1000;
 const MAX_CALLS_PER_ROUND: usize = 100;
 /// The JSON input of one tool call.
 const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// The inputs of one run's calls that wait for their results, together: what the server
+/// holds for a suspended run (inputs are kept as JSON text, so this is their memory).
+const MAX_HELD_INPUT_BYTES: usize = 8 * 1024 * 1024;
 /// One tool result, as JSON (the official API's `PTC_MAX_TOOL_RESULT_BYTES`).
 pub const MAX_RESULT_BYTES: usize = 5 * 1024 * 1024;
 /// Calls made within this much of each other go to the client together (a Python
@@ -309,6 +312,9 @@ struct Continuation {
     tenant: Tenant,
     commands: mpsc::Sender<Command>,
     handle: RunHandle,
+    /// The request id of the request that answered with this token: cancelling it stops
+    /// the suspended run (LibreChat's user may abort while its tools run).
+    request_id: Option<String>,
 }
 
 enum RequestState {
@@ -369,6 +375,16 @@ impl RequestGuard<'_> {
                 handle.cancel();
                 false
             }
+        }
+    }
+
+    /// The request answers `tool_call_required` with `step`'s token: the run stays
+    /// cancellable by this request's id while it waits for its continuation.
+    fn suspend(&self, step: &Result<Step, ProgramError>) {
+        if let (Some(id), Ok(Step::ToolCalls { token, .. })) = (&self.id, step)
+            && let Some(c) = lock(&self.registry.continuations).get_mut(token)
+        {
+            c.request_id = Some(id.clone());
         }
     }
 
@@ -523,6 +539,8 @@ impl ExecService {
                 .as_ref()
                 .map(|_| vec![("BASH_ENV".to_owned(), format!("{BRIDGE_INSIDE}/tools.sh"))])
                 .unwrap_or_default(),
+            // The session's uid, known once the run has its session, owns the bridge.
+            owned: bridge.as_ref().map(Bridge::paths).unwrap_or_default(),
             wrapped: true,
         };
         let exec_req = ExecRequest {
@@ -562,6 +580,7 @@ impl ExecService {
             issued: HashMap::new(),
             ids: HashSet::new(),
             calls: 0,
+            held: 0,
             protocol_errors: 0,
             first_pending: None,
             last_call: None,
@@ -587,6 +606,7 @@ impl ExecService {
         if guard.cancelled() {
             return cancelled_step(step);
         }
+        guard.suspend(&step);
         step
     }
 
@@ -654,11 +674,14 @@ impl ExecService {
         if guard.cancelled() {
             return cancelled_step(step);
         }
+        guard.suspend(&step);
         step
     }
 
-    /// Cancel the run behind a client's request id (`X-LibreChat-Code-Request-ID`). An id
-    /// not seen yet is remembered for a while: its request is refused when it comes.
+    /// Cancel the run behind a client's request id (`X-LibreChat-Code-Request-ID`): the
+    /// run of a request in flight, or one suspended since that request answered
+    /// `tool_call_required`. An id not seen yet is remembered for a while: its request is
+    /// refused when it comes.
     pub fn cancel_program(&self, tenant: &Tenant, request_id: &str) -> CancelOutcome {
         let mut requests = lock(&self.programs.requests);
         match requests.get_mut(request_id) {
@@ -672,6 +695,19 @@ impl ExecService {
                 CancelOutcome::Requested
             }
             None => {
+                let suspended = lock(&self.programs.continuations)
+                    .values()
+                    .find(|c| c.request_id.as_deref() == Some(request_id))
+                    .map(|c| (c.tenant.clone(), c.handle.clone()));
+                match suspended {
+                    Some((owner, _)) if owner != *tenant => return CancelOutcome::Forbidden,
+                    // Its next continuation learns that it was cancelled.
+                    Some((_, handle)) => {
+                        handle.cancel();
+                        return CancelOutcome::Requested;
+                    }
+                    None => {}
+                }
                 requests.retain(|_, s| {
                     s.since.elapsed() < CANCEL_MEMORY || matches!(s.state, RequestState::Active(_))
                 });
@@ -767,16 +803,17 @@ impl Bridge {
             &calls_path,
             rustix::fs::Mode::from_raw_mode(0o600),
         )?;
-        if let Some((uid, gid)) = exec.process.sandbox_user() {
-            for path in [&tools_path, &calls_path] {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-            }
-        }
         // Read-write: the server is always a writer too, so the FIFO never reads as ended.
         let calls = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&calls_path)?;
         Ok(Bridge { dir, calls })
+    }
+
+    /// The directory and what the server put in it.
+    fn paths(&self) -> Vec<PathBuf> {
+        let dir = self.dir.path();
+        vec![dir.to_path_buf(), dir.join("tools.sh"), dir.join("calls")]
     }
 }
 
@@ -816,7 +853,8 @@ impl LineReader {
 struct Call {
     id: String,
     tool: usize,
-    input: Value,
+    /// The input as JSON text (an object).
+    input: String,
     key: Option<String>,
 }
 
@@ -850,6 +888,8 @@ struct Driver {
     issued: HashMap<String, Call>,
     ids: HashSet<String>,
     calls: usize,
+    /// Bytes of input of the calls waiting for results (see `MAX_HELD_INPUT_BYTES`).
+    held: usize,
     protocol_errors: usize,
     first_pending: Option<Instant>,
     last_call: Option<Instant>,
@@ -994,6 +1034,22 @@ impl Driver {
         }
     }
 
+    /// Hold one more call's input until its result comes; false (and the run stopped) when
+    /// the run's waiting inputs would pass `MAX_HELD_INPUT_BYTES`.
+    fn hold(&mut self, size: usize) -> bool {
+        self.held += size;
+        if self.held > MAX_HELD_INPUT_BYTES {
+            self.break_run(
+                FAILED,
+                &format!(
+                    "The program's tool calls waiting for results had more than {MAX_HELD_INPUT_BYTES} bytes of input together and it was stopped; make fewer calls at once or pass smaller inputs."
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
     /// One call more; false (and the run stopped) past the limit.
     fn count_call(&mut self) -> bool {
         self.calls += 1;
@@ -1045,20 +1101,21 @@ impl Driver {
                     ),
                 );
             };
-            if input.to_string().len() > MAX_INPUT_BYTES {
+            let input = input.to_string();
+            if input.len() > MAX_INPUT_BYTES {
                 return self.break_run(
                     FAILED,
                     &format!("A tool call's input was larger than {MAX_INPUT_BYTES} bytes."),
                 );
             }
-            if !self.count_call() {
+            if !self.count_call() || !self.hold(input.len()) {
                 return;
             }
             self.ids.insert(id.to_owned());
             self.add_call(Call {
                 id: id.to_owned(),
                 tool,
-                input: input.clone(),
+                input,
                 key: None,
             });
         }
@@ -1097,6 +1154,10 @@ impl Driver {
             return self.protocol_error("key");
         }
         self.ids.insert(key.to_owned());
+        // Every call counts, even one refused below: a program cannot spin on bad calls.
+        if !self.count_call() {
+            return;
+        }
         let input = match read_input(&dir.join(format!("{key}.in"))).await {
             Ok(bytes) => bytes,
             Err(problem) => {
@@ -1105,7 +1166,7 @@ impl Driver {
         };
         let name = self.tools[tool].name.clone();
         let input = match serde_json::from_slice::<Value>(&input) {
-            Ok(v) if v.is_object() => v,
+            Ok(v) if v.is_object() => v.to_string(),
             _ => {
                 let shown: String = String::from_utf8_lossy(&input).chars().take(200).collect();
                 return self.reply_bash(
@@ -1117,7 +1178,7 @@ impl Driver {
                 );
             }
         };
-        if !self.count_call() {
+        if !self.hold(input.len()) {
             return;
         }
         let id = format!("call_{:03}", self.calls);
@@ -1165,7 +1226,7 @@ impl Driver {
             .map(|c| ToolCall {
                 id: c.id.clone(),
                 name: self.tools[c.tool].name.clone(),
-                input: c.input.clone(),
+                input: serde_json::from_str(&c.input).unwrap_or(Value::Null),
             })
             .collect();
         for call in batch {
@@ -1178,6 +1239,7 @@ impl Driver {
                 tenant: self.tenant.clone(),
                 commands: self.commands_tx.clone(),
                 handle: self.handle.clone(),
+                request_id: None,
             },
         );
         self.rounds += 1;
@@ -1230,6 +1292,7 @@ impl Driver {
             let Some(call) = self.issued.remove(&r.call_id) else {
                 continue;
             };
+            self.held = self.held.saturating_sub(call.input.len());
             let error = r
                 .error_message
                 .clone()

@@ -504,9 +504,15 @@ impl ProcessRuntime {
         Ok(dir)
     }
 
-    /// The sandbox's user and group, when runs switch to one.
-    pub fn sandbox_user(&self) -> Option<(u32, u32)> {
-        self.sandbox.user()
+    /// Give `paths` to the user a sandbox binding `workspace` runs as (the session's own
+    /// uid), when runs switch users.
+    pub fn hand_to_sandbox(&self, workspace: &Path, paths: &[PathBuf]) -> std::io::Result<()> {
+        if let Some((uid, gid)) = self.sandbox.user_for(Some(workspace))? {
+            for path in paths {
+                std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+            }
+        }
+        Ok(())
     }
 
     /// A private, readable-by-the-sandbox directory holding the source.
