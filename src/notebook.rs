@@ -132,6 +132,8 @@ impl CellRecorder {
         match event {
             ExecEvent::Stdout(text) => self.text("stdout", text),
             ExecEvent::Stderr(text) => self.text("stderr", text),
+            // A programmatic run's tool calls are not output.
+            ExecEvent::Display { data, .. } if data.get(crate::exec::ANNOUNCEMENT).is_some() => {}
             ExecEvent::Display { data, result, .. } => {
                 if let Some(plain) = data.get("text/plain").and_then(Value::as_str) {
                     self.forget_echo("stdout", &format!("{plain}\n"));

@@ -336,6 +336,26 @@ print("done")
     .await;
     assert_eq!(status, 200);
     assert_eq!(body["stdout"], "1\n", "{body}");
+    // The session's notebook shows the program as the client sent it, without the helper
+    // around it or its tool-call messages.
+    let nb: Value = server
+        .fetch(&format!("/v1/sessions/{sid}/notebook"), KEY_A)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cell = nb["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["source"].to_string().contains("explode"))
+        .unwrap_or_else(|| panic!("no cell with the program: {nb}"));
+    let source: String = match &cell["source"] {
+        Value::Array(lines) => lines.iter().filter_map(Value::as_str).collect(),
+        other => other.as_str().unwrap().to_owned(),
+    };
+    assert_eq!(source, code);
+    assert!(!nb.to_string().contains("vnd.code-interpreter.ptc"), "{nb}");
 }
 
 #[tokio::test]

@@ -25,8 +25,8 @@ use crate::session::{SessionOwner, SessionTurns, Tenant, is_valid_id, new_id};
 use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
 
 pub use programmatic::{
-    CancelOutcome, MAX_RESULT_BYTES, ProgramError, ProgramLanguage, ProgramRequest, Step,
-    ToolResult, ToolSpec,
+    ANNOUNCEMENT, CancelOutcome, MAX_RESULT_BYTES, ProgramError, ProgramLanguage, ProgramRequest,
+    Step, ToolResult, ToolSpec,
 };
 use slots::RunSlots;
 pub use utf8::Utf8Decoder;
@@ -345,6 +345,9 @@ struct RunExtras {
     env: Vec<(String, String)>,
     /// Handed to the user the sandbox runs as (the session's own uid), once it is known.
     owned: Vec<std::path::PathBuf>,
+    /// What the session's notebook shows as the cell's source (the client's code, not the
+    /// wrapper around it).
+    shown_code: Option<String>,
     /// The code wraps the client's, whose size the caller checked: `MAX_CODE_BYTES` is for
     /// the client's code, not for the wrapper.
     wrapped: bool,
@@ -474,7 +477,8 @@ impl ExecService {
         }
         let (tx, mut rx) = mpsc::channel(256);
         if language == Language::Python {
-            rx = self.notebooks.record(&session.id, &req.code, rx);
+            let shown = extras.shown_code.as_deref().unwrap_or(&req.code);
+            rx = self.notebooks.record(&session.id, shown, rx);
         }
         let token = CancellationToken::new();
         let service = Arc::clone(self);

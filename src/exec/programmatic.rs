@@ -61,8 +61,8 @@ const MAX_REQUEST_IDS: usize = 10_000;
 
 const KERNEL_HELPER: &str = include_str!("programmatic_kernel.py");
 const BASH_HELPER: &str = include_str!("programmatic_tools.sh");
-/// The MIME type of the kernel helper's announcements.
-const ANNOUNCEMENT: &str = "application/vnd.code-interpreter.ptc+json";
+/// The MIME type of the kernel helper's announcements (not output: notebooks leave them out).
+pub const ANNOUNCEMENT: &str = "application/vnd.code-interpreter.ptc+json";
 /// The control message that carries results to the kernel helper.
 const RESULT_MESSAGE: &str = "code_interpreter_ptc_result";
 /// Where a bash run's bridge directory appears in its sandbox.
@@ -541,6 +541,7 @@ impl ExecService {
                 .unwrap_or_default(),
             // The session's uid, known once the run has its session, owns the bridge.
             owned: bridge.as_ref().map(Bridge::paths).unwrap_or_default(),
+            shown_code: Some(req.code.clone()),
             wrapped: true,
         };
         let exec_req = ExecRequest {
