@@ -23,8 +23,8 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::exec::{ArtifactTruncation, ExecFile, FileRefBody, file_refs, label};
 use crate::exec::{
-    CancelOutcome, ExecResult, ProgramError, ProgramLanguage, ProgramRequest, Step, ToolResult,
-    ToolSpec,
+    CancelOutcome, ExecResult, Principal, ProgramError, ProgramLanguage, ProgramRequest, Step,
+    ToolResult, ToolSpec,
 };
 use crate::session::{SessionOwner, Tenant, is_valid_entity_id};
 
@@ -361,7 +361,7 @@ fn tool_results(value: Value) -> Result<Vec<ToolResult>, Refusal> {
 
 fn program_request(
     state: &AppState,
-    tenant: Tenant,
+    principal: Principal,
     headers: &HeaderMap,
     body: ProgramBody,
     language: ProgramLanguage,
@@ -417,7 +417,7 @@ fn program_request(
     };
     let _ = state;
     Ok(ProgramRequest {
-        tenant,
+        principal,
         language,
         code,
         tools,
@@ -445,7 +445,7 @@ fn program_request(
     responses(
         (status = 200, description = "The program's next step", body = ProgramResponse),
         (status = 400, description = "Missing code or tools, an unsupported language, a bad continuation", body = ErrorBody),
-        (status = 403, description = "Another tenant's continuation token", body = ErrorBody),
+        (status = 403, description = "Another tenant's or user's continuation token", body = ErrorBody),
         (status = 404, description = "An unknown or expired continuation token, or a missing input file", body = ErrorBody),
         (status = 409, description = "A continuation already in flight, or a request id in use", body = ErrorBody),
         (status = 413, description = "Code over MAX_CODE_BYTES or a tool result over 5 MiB", body = ErrorBody),
@@ -459,6 +459,8 @@ pub async fn programmatic(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // API keys name no user: their tenant is the whole principal.
+    let principal = Principal { tenant, user: None };
     let refused = async {
         let request_id = request_id(&headers)?;
         let mut body = body_of(&state, body)?;
@@ -470,13 +472,13 @@ pub async fn programmatic(
                 Some(token) => {
                     let results = tool_results(body.tool_results.take().unwrap_or(Value::Null))?;
                     Box::pin(async move {
-                        exec.resume_program(&tenant, &token, results, request_id.as_deref())
+                        exec.resume_program(&principal, &token, results, request_id.as_deref())
                             .await
                     })
                 }
                 None => {
                     let req =
-                        program_request(&state, tenant, &headers, body, language, request_id)?;
+                        program_request(&state, principal, &headers, body, language, request_id)?;
                     Box::pin(async move { exec.start_program(req).await })
                 }
             };
@@ -549,7 +551,7 @@ pub struct CancelResponse {
     responses(
         (status = 202, description = "The run is being stopped", body = CancelResponse),
         (status = 400, description = "A missing or malformed request_id", body = ErrorBody),
-        (status = 403, description = "Another tenant's request", body = ErrorBody),
+        (status = 403, description = "Another tenant's or user's request", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -566,7 +568,8 @@ pub async fn cancel(
     let Some(id) = id else {
         return Refusal::bad("Invalid or missing request_id").into_response();
     };
-    match state.exec.cancel_program(&tenant, &id) {
+    let principal = Principal { tenant, user: None };
+    match state.exec.cancel_program(&principal, &id) {
         CancelOutcome::Requested => (
             StatusCode::ACCEPTED,
             Json(CancelResponse {

@@ -25,8 +25,8 @@ use crate::session::{SessionOwner, SessionTurns, Tenant, is_valid_id, new_id};
 use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
 
 pub use programmatic::{
-    ANNOUNCEMENT, CancelOutcome, MAX_RESULT_BYTES, ProgramError, ProgramLanguage, ProgramRequest,
-    Step, ToolResult, ToolSpec,
+    ANNOUNCEMENT, CancelOutcome, MAX_RESULT_BYTES, Principal, ProgramError, ProgramLanguage,
+    ProgramRequest, Step, ToolResult, ToolSpec,
 };
 use slots::RunSlots;
 pub use utf8::Utf8Decoder;

@@ -88,8 +88,17 @@ pub struct ToolSpec {
     pub parameters: Option<Value>,
 }
 
-pub struct ProgramRequest {
+/// Who may continue or cancel a run: its tenant, and the user the credentials vouch for
+/// (a verified token's subject; none for an API key, which names no user). A user named
+/// only in a request body vouches for nothing and is not part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
     pub tenant: Tenant,
+    pub user: Option<String>,
+}
+
+pub struct ProgramRequest {
+    pub principal: Principal,
     pub language: ProgramLanguage,
     pub code: String,
     pub tools: Vec<ToolSpec>,
@@ -309,7 +318,7 @@ fn tools_of(language: ProgramLanguage, specs: Vec<ToolSpec>) -> Result<Vec<Tool>
 
 /// Which run a continuation token or request id leads to.
 struct Continuation {
-    tenant: Tenant,
+    principal: Principal,
     commands: mpsc::Sender<Command>,
     handle: RunHandle,
     /// The request id of the request that answered with this token: cancelling it stops
@@ -325,7 +334,7 @@ enum RequestState {
 }
 
 struct RequestSlot {
-    tenant: Tenant,
+    principal: Principal,
     state: RequestState,
     since: Instant,
 }
@@ -347,7 +356,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub enum CancelOutcome {
     /// The run was asked to stop (or the request will be refused when it arrives).
     Requested,
-    /// The request id belongs to another tenant.
+    /// The request id belongs to another tenant or user.
     Forbidden,
 }
 
@@ -418,9 +427,13 @@ impl Drop for RequestGuard<'_> {
 }
 
 impl Registry {
-    /// Hold `id` for a request of `tenant`. `Ok(None)` guard-less when no id was sent;
-    /// `Err(Step)` when the request was cancelled before it arrived.
-    fn reserve(&self, tenant: &Tenant, id: Option<&str>) -> Result<RequestGuard<'_>, Reserve> {
+    /// Hold `id` for a request of `principal`. A guard without an id when none was sent;
+    /// `Err(Reserve::Cancelled)` when the request was cancelled before it arrived.
+    fn reserve(
+        &self,
+        principal: &Principal,
+        id: Option<&str>,
+    ) -> Result<RequestGuard<'_>, Reserve> {
         let Some(id) = id else {
             return Ok(RequestGuard {
                 registry: self,
@@ -436,7 +449,8 @@ impl Registry {
         }
         match requests.get(id) {
             Some(slot)
-                if slot.tenant == *tenant && matches!(slot.state, RequestState::Cancelled) =>
+                if slot.principal == *principal
+                    && matches!(slot.state, RequestState::Cancelled) =>
             {
                 requests.remove(id);
                 return Err(Reserve::Cancelled);
@@ -450,7 +464,7 @@ impl Registry {
         requests.insert(
             id.to_owned(),
             RequestSlot {
-                tenant: tenant.clone(),
+                principal: principal.clone(),
                 state: RequestState::Active(None),
                 since: Instant::now(),
             },
@@ -506,7 +520,7 @@ impl ExecService {
         let tools = tools_of(req.language, req.tools)?;
         let guard = match self
             .programs
-            .reserve(&req.tenant, req.request_id.as_deref())
+            .reserve(&req.principal, req.request_id.as_deref())
         {
             Ok(g) => g,
             Err(Reserve::Cancelled) => {
@@ -545,7 +559,7 @@ impl ExecService {
             wrapped: true,
         };
         let exec_req = ExecRequest {
-            tenant: req.tenant.clone(),
+            tenant: req.principal.tenant.clone(),
             lang: lang.to_owned(),
             code,
             args: Vec::new(),
@@ -570,7 +584,7 @@ impl ExecService {
         let (reply, answer) = oneshot::channel();
         let driver = Driver {
             exec: Arc::clone(self),
-            tenant: req.tenant,
+            principal: req.principal,
             session_id,
             token,
             tools,
@@ -614,7 +628,7 @@ impl ExecService {
     /// Send the results for a program's calls; answers at its next calls or its end.
     pub async fn resume_program(
         &self,
-        tenant: &Tenant,
+        principal: &Principal,
         token: &str,
         results: Vec<ToolResult>,
         request_id: Option<&str>,
@@ -642,10 +656,10 @@ impl ExecService {
         // continuation, and a second one sent meanwhile gets a 409 from the driver.
         let (commands, handle) = match lock(&self.programs.continuations).get(token) {
             None => return Err(ProgramError::NotFound),
-            Some(c) if c.tenant != *tenant => return Err(ProgramError::Forbidden),
+            Some(c) if c.principal != *principal => return Err(ProgramError::Forbidden),
             Some(c) => (c.commands.clone(), c.handle.clone()),
         };
-        let guard = match self.programs.reserve(tenant, request_id) {
+        let guard = match self.programs.reserve(principal, request_id) {
             Ok(g) => g,
             Err(Reserve::Cancelled) => {
                 return Ok(Step::Failed {
@@ -683,10 +697,10 @@ impl ExecService {
     /// run of a request in flight, or one suspended since that request answered
     /// `tool_call_required`. An id not seen yet is remembered for a while: its request is
     /// refused when it comes.
-    pub fn cancel_program(&self, tenant: &Tenant, request_id: &str) -> CancelOutcome {
+    pub fn cancel_program(&self, principal: &Principal, request_id: &str) -> CancelOutcome {
         let mut requests = lock(&self.programs.requests);
         match requests.get_mut(request_id) {
-            Some(slot) if slot.tenant != *tenant => CancelOutcome::Forbidden,
+            Some(slot) if slot.principal != *principal => CancelOutcome::Forbidden,
             Some(slot) => {
                 if let RequestState::Active(Some(handle)) = &slot.state {
                     handle.cancel();
@@ -699,9 +713,9 @@ impl ExecService {
                 let suspended = lock(&self.programs.continuations)
                     .values()
                     .find(|c| c.request_id.as_deref() == Some(request_id))
-                    .map(|c| (c.tenant.clone(), c.handle.clone()));
+                    .map(|c| (c.principal.clone(), c.handle.clone()));
                 match suspended {
-                    Some((owner, _)) if owner != *tenant => return CancelOutcome::Forbidden,
+                    Some((owner, _)) if owner != *principal => return CancelOutcome::Forbidden,
                     // Its next continuation learns that it was cancelled.
                     Some((_, handle)) => {
                         handle.cancel();
@@ -716,7 +730,7 @@ impl ExecService {
                     requests.insert(
                         request_id.to_owned(),
                         RequestSlot {
-                            tenant: tenant.clone(),
+                            principal: principal.clone(),
                             state: RequestState::Cancelled,
                             since: Instant::now(),
                         },
@@ -876,7 +890,7 @@ enum Stop {
 /// answers each request at the next stable point, delivers results, enforces the limits.
 struct Driver {
     exec: Arc<ExecService>,
-    tenant: Tenant,
+    principal: Principal,
     session_id: String,
     token: String,
     tools: Vec<Tool>,
@@ -1237,7 +1251,7 @@ impl Driver {
         lock(&self.exec.programs.continuations).insert(
             token.clone(),
             Continuation {
-                tenant: self.tenant.clone(),
+                principal: self.principal.clone(),
                 commands: self.commands_tx.clone(),
                 handle: self.handle.clone(),
                 request_id: None,
