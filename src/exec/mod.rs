@@ -795,7 +795,31 @@ impl ExecService {
                 output.handle(ev).await;
             }
         };
+        // A kernel has no watcher of its own: its cells are stopped here when the workspace
+        // passes the quota (one-shot runs are watched by their runtime).
+        let quota = self.settings.session_disk_quota_bytes();
+        let disk_stop = cancel.child_token();
+        let over_quota = std::sync::atomic::AtomicBool::new(false);
+        let ran = CancellationToken::new();
+        let guard_disk = async {
+            let Some(quota) = quota.filter(|_| language == Language::Python) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(DISK_CHECK_EVERY) => {}
+                    _ = ran.cancelled() => return,
+                }
+                if over(&workspace, quota).await {
+                    over_quota.store(true, std::sync::atomic::Ordering::SeqCst);
+                    disk_stop.cancel();
+                    return;
+                }
+            }
+        };
         let execute = async {
+            let _ran = ran.clone().drop_guard();
+            let cancel = &disk_stop;
             let outcome = match language {
                 Language::Python => {
                     let had_kernel = self.store.note_kernel(&session.id).await?;
@@ -807,7 +831,7 @@ impl ExecService {
                             &req.code,
                             &req.args,
                             timeout,
-                            &cancel,
+                            cancel,
                             &run_tx,
                         )
                         .await
@@ -822,8 +846,20 @@ impl ExecService {
             drop(run_tx);
             outcome
         };
-        let (outcome, ()) = tokio::join!(execute, forward);
+        let (outcome, (), ()) = tokio::join!(execute, forward, guard_disk);
         let mut outcome = outcome?;
+        // Stopped for the quota, or past it when the run ended (faster than a check).
+        let stopped = over_quota.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(quota) = quota
+            && (stopped || (outcome.status != RunStatus::Killed && over(&workspace, quota).await))
+        {
+            let stopped = if stopped { " and it was stopped" } else { "" };
+            outcome.status = RunStatus::Killed;
+            outcome.message = Some(format!(
+                "The run's files passed the session's disk quota of {} MiB{stopped}; delete files to make room.",
+                quota / (1024 * 1024)
+            ));
+        }
         output.finish().await;
         let Output {
             out: out_text,
@@ -941,6 +977,17 @@ impl ExecService {
         }));
         Ok((files, deleted_files, truncated))
     }
+}
+
+/// How often a kernel's workspace is measured against the quota during a cell.
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Whether a workspace takes more than `quota` bytes on disk (measured off the runtime).
+async fn over(workspace: &std::path::Path, quota: u64) -> bool {
+    let ws = workspace.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::store::workspace_usage(&ws))
+        .await
+        .is_ok_and(|used| used > quota)
 }
 
 /// The result of a run cancelled while it waited for its turn: it never started.

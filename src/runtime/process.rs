@@ -732,7 +732,7 @@ async fn supervise(
                 {
                     last_disk_check = Instant::now();
                     let ws = req.workspace.to_path_buf();
-                    let used = tokio::task::spawn_blocking(move || disk_usage(&ws)).await.unwrap_or(0);
+                    let used = tokio::task::spawn_blocking(move || crate::store::workspace_usage(&ws)).await.unwrap_or(0);
                     if used > quota {
                         stop = Some(Stop::Disk);
                         process.kill_tree();
@@ -866,26 +866,6 @@ async fn pump(
             return;
         }
     }
-}
-
-/// Bytes used under `dir`, counting regular files only and never following symlinks.
-fn disk_usage(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                total += meta.len();
-            }
-        }
-    }
-    total
 }
 
 fn signal_name(n: i32) -> Option<&'static str> {

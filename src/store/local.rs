@@ -315,9 +315,56 @@ fn insert_file(conn: &Connection, meta: &FileMeta) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Size and SHA-256 of a file, read in chunks.
-fn hash_file(mut file: std::fs::File) -> std::io::Result<(u64, String)> {
+/// Bytes one run's outputs may cost the server in hashing, without a session quota (with
+/// one, the quota: a workspace cannot legitimately hold more).
+const MAX_HASHED_BYTES_PER_RUN: u64 = 8 << 30;
+
+/// Size and SHA-256 of the files a run changed. User code chooses what the server reads
+/// here, so the work is bounded: each inode is read once however many links it has, a file
+/// is read up to the size it had when opened (it may still grow), and past `budget` bytes
+/// in all, further files are not recorded.
+fn hash_changed(root: &Path, changed: Vec<FileName>, budget: u64) -> Vec<(FileName, u64, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let ws = Workspace::new(root, None);
+    let mut by_inode: std::collections::HashMap<(u64, u64), (u64, String)> = Default::default();
+    let (mut spent, mut skipped) = (0u64, 0usize);
+    let mut out = Vec::with_capacity(changed.len());
+    for name in changed {
+        let Ok(file) = ws.open_file(&name) else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else { continue };
+        let inode = (meta.dev(), meta.ino());
+        if let Some((size, sha)) = by_inode.get(&inode) {
+            out.push((name, *size, sha.clone()));
+            continue;
+        }
+        if spent.saturating_add(meta.len()) > budget {
+            skipped += 1;
+            continue;
+        }
+        let Ok((size, sha)) = hash_file(file, meta.len()) else {
+            continue;
+        };
+        spent += size;
+        by_inode.insert(inode, (size, sha.clone()));
+        out.push((name, size, sha));
+    }
+    metrics::counter!("code_interpreter_hashed_bytes_total").increment(spent);
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            budget,
+            "files past the hashing budget of a run were not recorded"
+        );
+    }
+    out
+}
+
+/// Size and SHA-256 of a file's first `limit` bytes, read in chunks.
+fn hash_file(file: std::fs::File, limit: u64) -> std::io::Result<(u64, String)> {
     use std::io::Read;
+    let mut file = file.take(limit);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
@@ -710,20 +757,11 @@ impl Store for LocalStore {
         removed: Vec<FileName>,
     ) -> StoreResult<Vec<FileMeta>> {
         let root = self.workspace_path(session_id);
+        let budget = self.quota_bytes.unwrap_or(MAX_HASHED_BYTES_PER_RUN);
         // Hash outside the metadata lock: big outputs take a while.
-        let hashed = tokio::task::spawn_blocking(move || {
-            let ws = Workspace::new(&root, None);
-            changed
-                .into_iter()
-                .filter_map(|name| {
-                    let file = ws.open_file(&name).ok()?;
-                    let (size, sha) = hash_file(file).ok()?;
-                    Some((name, size, sha))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let hashed = tokio::task::spawn_blocking(move || hash_changed(&root, changed, budget))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
 
         let sid = session_id.to_owned();
         self.with_db(move |conn| {

@@ -24,6 +24,22 @@ pub use tree::give_tree;
 
 use crate::session::{SessionOwner, Tenant};
 
+/// Most entries the quota check of a workspace looks at; a workspace with more counts as
+/// over any quota (it costs the disk and every walk more than a session needs).
+pub const MAX_WORKSPACE_ENTRIES: usize = 200_000;
+
+/// Bytes a workspace takes on disk as the session's quota counts them: allocated blocks,
+/// each inode once, at any depth (see [`tree::disk_usage`]). `u64::MAX` when it holds more
+/// than [`MAX_WORKSPACE_ENTRIES`]; 0 when it could not be measured (it changed meanwhile:
+/// the next check measures again).
+pub fn workspace_usage(root: &std::path::Path) -> u64 {
+    match tree::disk_usage(root, MAX_WORKSPACE_ENTRIES) {
+        Ok(usage) if usage.complete => usage.bytes,
+        Ok(_) => u64::MAX,
+        Err(_) => 0,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Session {
     pub id: String,

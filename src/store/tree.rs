@@ -112,6 +112,120 @@ pub fn walk(
     Ok(Walked::All)
 }
 
+/// What a tree costs on disk, as [`disk_usage`] measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Allocated bytes (`st_blocks` x 512) of every inode, each counted once.
+    pub bytes: u64,
+    /// Entries looked at.
+    pub entries: usize,
+    /// `false` when the walk stopped at its entry limit (the tree holds more).
+    pub complete: bool,
+}
+
+/// The real bytes a tree takes: the allocated blocks of every inode below `root` and of
+/// `root` itself, directories and symlinks included, a file with many hard links once, a
+/// sparse file by what it allocated. User code shapes the tree, so this goes to any depth
+/// with two descriptors open (it climbs back by `..` and checks that it came back to the
+/// directory it left, or fails), and looks at `max_entries` entries at most.
+pub fn disk_usage(root: &Path, max_entries: usize) -> io::Result<Usage> {
+    use std::collections::HashSet;
+    /// A directory on the current path and its subdirectories not visited yet.
+    struct Level {
+        id: (u64, u64),
+        todo: Vec<CString>,
+    }
+    fn id(stat: &Stat) -> (u64, u64) {
+        (stat.st_dev, stat.st_ino)
+    }
+    let mut current = match rustix::fs::open(root, dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => {
+            return Ok(Usage {
+                bytes: 0,
+                entries: 0,
+                complete: true,
+            });
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let top = rustix::fs::fstat(&current)?;
+    let mut usage = Usage {
+        bytes: top.st_blocks as u64 * 512,
+        entries: 0,
+        complete: true,
+    };
+    // Inodes with more than one link that were counted already.
+    let mut linked: HashSet<(u64, u64)> = HashSet::new();
+    let mut path = vec![Level {
+        id: id(&top),
+        todo: Vec::new(),
+    }];
+    // Count the entries of `dir`; its subdirectories go to `todo`.
+    let mut read =
+        |dir: &OwnedFd, todo: &mut Vec<CString>, usage: &mut Usage| -> io::Result<bool> {
+            for entry in Dir::read_from(dir.as_fd())? {
+                let entry = entry?;
+                let name = entry.file_name();
+                if name == c"." || name == c".." {
+                    continue;
+                }
+                usage.entries += 1;
+                if usage.entries > max_entries {
+                    usage.complete = false;
+                    return Ok(false);
+                }
+                let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(stat) => stat,
+                    Err(Errno::NOENT) => continue,
+                    Err(err) => return Err(err.into()),
+                };
+                let kind = FileType::from_raw_mode(stat.st_mode);
+                if kind == FileType::Directory {
+                    todo.push(name.to_owned());
+                }
+                if kind == FileType::Directory || stat.st_nlink <= 1 || linked.insert(id(&stat)) {
+                    usage.bytes = usage.bytes.saturating_add(stat.st_blocks as u64 * 512);
+                }
+            }
+            Ok(true)
+        };
+    if !read(&current, &mut path[0].todo, &mut usage)? {
+        return Ok(usage);
+    }
+    while let Some(level) = path.last_mut() {
+        if let Some(name) = level.todo.pop() {
+            let next =
+                match rustix::fs::openat(&current, name.as_c_str(), dir_flags(), Mode::empty()) {
+                    Ok(fd) => fd,
+                    // Gone or replaced since it was listed.
+                    Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => continue,
+                    Err(err) => return Err(err.into()),
+                };
+            let mut todo = Vec::new();
+            if !read(&next, &mut todo, &mut usage)? {
+                return Ok(usage);
+            }
+            path.push(Level {
+                id: id(&rustix::fs::fstat(&next)?),
+                todo,
+            });
+            current = next;
+            continue;
+        }
+        path.pop();
+        let Some(parent) = path.last() else {
+            break;
+        };
+        let up = rustix::fs::openat(&current, c"..", dir_flags(), Mode::empty())?;
+        if id(&rustix::fs::fstat(&up)?) != parent.id {
+            return Err(io::Error::other("the tree was moved while it was measured"));
+        }
+        current = up;
+    }
+    Ok(usage)
+}
+
 /// Make `uid` (and the group of the same number) own `root` and everything below it to
 /// [`MAX_DEPTH`] levels; symlinks are changed themselves, never followed.
 pub fn give_tree(root: &Path, uid: u32) -> io::Result<()> {
@@ -305,6 +419,56 @@ mod tests {
         remove_tree(&root).unwrap();
         assert!(!root.exists());
         remove_tree(&root).unwrap();
+    }
+
+    #[test]
+    fn disk_usage_counts_allocated_blocks_once_per_inode_at_any_depth() {
+        use std::os::unix::fs::MetadataExt;
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("ws");
+        std::fs::create_dir(&root).unwrap();
+        let empty = disk_usage(&root, usize::MAX).unwrap();
+        // A sparse file of 1 GiB with 100 more names allocates (almost) nothing.
+        let sparse = std::fs::File::create(root.join("sparse")).unwrap();
+        sparse.set_len(1 << 30).unwrap();
+        for i in 0..100 {
+            std::fs::hard_link(root.join("sparse"), root.join(format!("link{i}"))).unwrap();
+        }
+        let linked = disk_usage(&root, usize::MAX).unwrap();
+        assert!(linked.bytes - empty.bytes < 1 << 20, "{linked:?}");
+        // 1 MiB of real data, 3,000 levels down (past PATH_MAX), is seen in full.
+        deep_chain(&root, 3000);
+        let mut dir = rustix::fs::open(&root, dir_flags(), Mode::empty()).unwrap();
+        for _ in 0..3000 {
+            dir = rustix::fs::openat(&dir, "d", dir_flags(), Mode::empty()).unwrap();
+        }
+        let file = rustix::fs::openat(
+            &dir,
+            "data",
+            OFlags::CREATE | OFlags::WRONLY,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&file, &vec![7u8; 1 << 20]).unwrap();
+        rustix::fs::fsync(&file).unwrap();
+        let deep = disk_usage(&root, usize::MAX).unwrap();
+        assert!(deep.complete);
+        assert_eq!(deep.entries, 101 + 3000 * 2 + 1);
+        let data = rustix::fs::fstat(&file).unwrap().st_blocks as u64 * 512;
+        assert!(deep.bytes >= linked.bytes + data, "{deep:?}");
+        assert!(root.metadata().unwrap().blocks() > 0);
+        // The entry limit stops it and says so.
+        let cut = disk_usage(&root, 50).unwrap();
+        assert!(!cut.complete && cut.entries == 51);
+        remove_tree(&root).unwrap();
+        assert_eq!(
+            disk_usage(&root, usize::MAX).unwrap(),
+            Usage {
+                bytes: 0,
+                entries: 0,
+                complete: true
+            }
+        );
     }
 
     #[test]
