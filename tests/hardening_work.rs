@@ -29,6 +29,15 @@ async fn hashed_bytes(server: &TestServer) -> u64 {
         .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
 }
 
+/// Sandboxes the server started to ask a runtime its version or packages.
+async fn probes(server: &TestServer) -> u64 {
+    let text = server.fetch("/metrics", KEY_A).await.text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("code_interpreter_runtime_probes_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+}
+
 /// Wait until `done` holds, for at most 20 s.
 async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
@@ -240,4 +249,38 @@ async fn the_quota_counts_real_blocks_in_every_runtime() {
     )
     .await;
     assert_eq!(sparse["run"]["status"], "success", "{sparse}");
+}
+
+#[tokio::test]
+async fn refreshing_the_package_lists_cannot_start_sandboxes_at_will() {
+    let server = TestServer::start(&[]).await;
+    // Once the start-up probes are done (readiness), nothing else asks the runtimes.
+    for _ in 0..600 {
+        if server.fetch("/health?ready=1", KEY_A).await.status() == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A cold cache asked by 20 clients at once: one probe, the others wait for its list.
+    let before = probes(&server).await;
+    let asks = (0..20).map(|_| server.fetch("/libraries?runtime=python", KEY_A));
+    for r in futures::future::join_all(asks).await {
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let cold = probes(&server).await - before;
+    assert!(cold <= 1, "{cold} probes for one list");
+    // 20 refreshes at once, then 20 more: at most one refresh a minute reaches a runtime.
+    for _ in 0..2 {
+        let asks = (0..20).map(|_| server.fetch("/libraries?runtime=python&refresh=true", KEY_A));
+        for r in futures::future::join_all(asks).await {
+            assert_eq!(r.status(), StatusCode::OK);
+            let body: Value = r.json().await.unwrap();
+            assert!(
+                !body[0]["libraries"].as_array().unwrap().is_empty(),
+                "{body}"
+            );
+        }
+    }
+    let refreshed = probes(&server).await - before - cold;
+    assert!(refreshed <= 1, "40 refreshes started {refreshed} probes");
 }

@@ -232,7 +232,8 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 pub struct LibrariesQuery {
     /// A language name (`python`, `js`, `go`, …); all languages when absent.
     runtime: Option<String>,
-    /// `true` to ask the runtimes again instead of using the cached lists.
+    /// `true` to ask the runtimes again instead of using the cached lists (at most once a
+    /// minute: a refresh sooner answers from the cache).
     refresh: Option<String>,
 }
 
@@ -270,7 +271,8 @@ pub async fn libraries(
         .as_deref()
         .is_some_and(|r| parse_bool(r).unwrap_or(false))
     {
-        runtimes.forget_libraries();
+        // Rate-bounded: a refresh within a minute of the last one answers from the cache.
+        runtimes.forget_libraries().await;
     }
     let languages = match query.runtime.as_deref().filter(|r| !r.is_empty()) {
         Some(name) => vec![Language::parse(name).ok_or_else(|| {

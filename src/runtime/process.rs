@@ -34,6 +34,8 @@ const MPL_CONFIG: &str = "/tmp/matplotlib";
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// The workspace's size is checked this often (it walks the tree).
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// The shortest time between two refreshes of the package lists.
+pub const LIBRARIES_REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// Read size for output pipes.
 const PIPE_CHUNK: usize = 16 * 1024;
 
@@ -45,6 +47,14 @@ pub struct ProcessRuntime {
     bash_strict: bool,
     versions: std::sync::Mutex<HashMap<Language, String>>,
     libraries: std::sync::Mutex<HashMap<Language, Vec<(String, String)>>>,
+    /// Held while a package list is probed; when the lists were last forgotten.
+    library_probes: tokio::sync::Mutex<Option<Instant>>,
+    /// Runtimes whose version probe found nothing, and when.
+    missing: std::sync::Mutex<HashMap<Language, Instant>>,
+}
+
+fn lock_or_recover<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Everything one run needs, in runtime terms.
@@ -121,6 +131,8 @@ impl ProcessRuntime {
             bash_strict,
             versions: Default::default(),
             libraries: Default::default(),
+            library_probes: Default::default(),
+            missing: Default::default(),
         })
     }
 
@@ -221,6 +233,7 @@ impl ProcessRuntime {
 
     /// Run a short command in a sandbox without a workspace; its output if it succeeded.
     async fn probe(&self, language: Language, argv: Vec<String>) -> Option<String> {
+        metrics::counter!("code_interpreter_runtime_probes_total").increment(1);
         let job = Job {
             argv,
             env: self.env(language),
@@ -248,13 +261,23 @@ impl ProcessRuntime {
         if let Some(known) = self.lock_versions().get(&language) {
             return Ok(known.clone());
         }
+        // A runtime found missing is asked again a minute later (a runtime installed later
+        // is picked up), not on every call.
+        let missing = lock_or_recover(&self.missing).get(&language).copied();
+        if missing.is_some_and(|at| at.elapsed() < LIBRARIES_REFRESH_EVERY) {
+            return Err(RuntimeError::Unavailable(language));
+        }
         let found = self
             .probe(language, self.version_probe(language))
             .await
             .map(|t| clean_version(&t));
-        // Only a found version is remembered: a runtime installed later is picked up.
-        if let Some(v) = &found {
-            self.lock_versions().insert(language, v.clone());
+        match &found {
+            Some(v) => {
+                self.lock_versions().insert(language, v.clone());
+            }
+            None => {
+                lock_or_recover(&self.missing).insert(language, Instant::now());
+            }
         }
         found.ok_or(RuntimeError::Unavailable(language))
     }
@@ -287,6 +310,12 @@ impl ProcessRuntime {
         language: Language,
     ) -> Result<Vec<(String, String)>, RuntimeError> {
         let version = self.version(language).await?;
+        let cached = self.lock_libraries().get(&language).cloned();
+        if let Some(list) = cached {
+            return Ok(list);
+        }
+        // One probe at a time, whoever asks: callers that waited find the list cached.
+        let _probing = self.library_probes.lock().await;
         let cached = self.lock_libraries().get(&language).cloned();
         if let Some(list) = cached {
             return Ok(list);
@@ -340,9 +369,17 @@ impl ProcessRuntime {
         Ok(list)
     }
 
-    /// Forget cached package lists, so the next `libraries` call asks again.
-    pub fn forget_libraries(&self) {
+    /// Forget cached package lists, so the next `libraries` call asks again; at most once
+    /// per [`LIBRARIES_REFRESH_EVERY`] (each refresh runs a sandbox per language). Whether
+    /// the lists were forgotten.
+    pub async fn forget_libraries(&self) -> bool {
+        let mut last = self.library_probes.lock().await;
+        if last.is_some_and(|at| at.elapsed() < LIBRARIES_REFRESH_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
         self.lock_libraries().clear();
+        true
     }
 
     fn lock_libraries(
