@@ -165,6 +165,16 @@ pub struct Settings {
     )]
     pub session_disk_quota_mb: u64,
 
+    /// Free space DATA_DIR keeps, in MiB: uploads, new sessions and runs are refused (507)
+    /// when they would take it below this; reads and deletes keep working. 0 turns it off.
+    #[arg(
+        long,
+        env = "DATA_DIR_MIN_FREE_MB",
+        default_value_t = 256,
+        global = true
+    )]
+    pub data_dir_min_free_mb: u64,
+
     /// The execution profile this deployment answers as (`X-CodeAPI-Execution-Profile`).
     #[arg(
         long,
@@ -399,6 +409,14 @@ impl Settings {
 
     pub fn session_disk_quota_bytes(&self) -> Option<u64> {
         (self.session_disk_quota_mb > 0).then(|| self.session_disk_quota_mb * MIB)
+    }
+
+    /// The free-space floor of DATA_DIR (`DATA_DIR_MIN_FREE_MB`).
+    pub fn disk_floor(&self) -> crate::store::DiskFloor {
+        crate::store::DiskFloor::new(
+            &self.data_dir,
+            self.data_dir_min_free_mb.saturating_mul(MIB),
+        )
     }
 
     /// The `Host` names `/mcp` answers to; `None` when any is allowed (`*`).

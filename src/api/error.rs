@@ -136,6 +136,13 @@ impl From<StoreError> for ApiError {
                 "disk_full",
                 "The server's disk is full; try again later.",
             ),
+            StoreError::BelowFloor { min_free_mb } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_low",
+                format!(
+                    "The server is keeping its last {min_free_mb} MiB of disk free, so it takes no new files or runs now; delete files or sessions, or try again later."
+                ),
+            ),
             StoreError::SessionNotFound => ApiError::session_not_found(),
             err @ (StoreError::Io(_) | StoreError::Db(_)) => ApiError::internal(err),
         }

@@ -512,6 +512,7 @@ impl StreamFrame {
         (status = 404, description = "An input file is missing", body = ErrorBody),
         (status = 422, description = "Missing or malformed fields", body = ErrorBody),
         (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
+        (status = 507, description = "DATA_DIR is below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -572,6 +573,7 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
         (status = 422, description = "Missing or malformed fields", body = ErrorBody),
         (status = 429, description = "Every Python kernel busy (when QUEUE_WAIT_SECONDS is under 2 s)", body = ErrorBody),
         (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
+        (status = 507, description = "DATA_DIR is below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]

@@ -190,11 +190,16 @@ async fn read_upload_form(
                     }
                 }
             }
-            // Staging never holds more than the session could keep.
+            // Staging never holds more than the session could keep, nor takes DATA_DIR
+            // below its free-space floor.
             let room = quota.map_or(u64::MAX, |q| q.saturating_sub(staged_bytes));
-            let limit = state.settings.max_upload_bytes.min(room);
+            let floor = state.settings.disk_floor();
+            floor.check(0)?;
+            let disk_room = floor.room().unwrap_or(u64::MAX);
+            let limit = state.settings.max_upload_bytes.min(room).min(disk_room);
             let body = field.map_err(std::io::Error::other).boxed();
             let staged = match state.store.stage(body, limit).await {
+                Err(StoreError::TooLarge { .. }) if limit == disk_room => Err(floor.refusal()),
                 Err(StoreError::TooLarge { .. }) if limit < state.settings.max_upload_bytes => {
                     Err(StoreError::QuotaExceeded {
                         quota: quota.unwrap_or_default(),
@@ -210,7 +215,8 @@ async fn read_upload_form(
                 Err(
                     err @ (StoreError::BodyInterrupted(_)
                     | StoreError::BodyStalled { .. }
-                    | StoreError::DiskFull),
+                    | StoreError::DiskFull
+                    | StoreError::BelowFloor { .. }),
                 ) => {
                     return Err(err.into());
                 }
@@ -291,6 +297,7 @@ fn parse_name(raw: &str) -> ApiResult<FileName> {
         (status = 404, description = "session_id is unknown", body = ErrorBody),
         (status = 408, description = "The body stalled for UPLOAD_IDLE_SECONDS", body = ErrorBody),
         (status = 413, description = "Over MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES or the session's disk quota", body = ErrorBody),
+        (status = 507, description = "DATA_DIR would fall below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]

@@ -470,6 +470,8 @@ impl ExecService {
             )));
         }
         let version = self.process.version(language).await?;
+        // A run may write (and a new session is a directory): not below the disk floor.
+        self.settings.disk_floor().check(0)?;
         let inputs = self.resolve_inputs(&req).await?;
         let session = self.resolve_session(&req).await?;
         if language == Language::Python {
@@ -688,7 +690,11 @@ impl ExecService {
             memory_bytes: s.one_shot_memory_bytes(),
             processes: (s.max_processes > 0).then_some(s.max_processes),
             cpu_seconds: (s.subprocess_max_cpu_seconds > 0).then_some(s.subprocess_max_cpu_seconds),
-            file_size_bytes: s.session_disk_quota_bytes(),
+            // No file may take DATA_DIR below its floor either.
+            file_size_bytes: match (s.session_disk_quota_bytes(), s.disk_floor().room()) {
+                (Some(quota), Some(room)) => Some(quota.min(room)),
+                (quota, room) => quota.or(room),
+            },
         }
     }
 

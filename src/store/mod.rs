@@ -5,6 +5,7 @@
 //! hashed on the way), and [`Store::commit`] moves staged files into a session atomically,
 //! checking the quota. A staged file that is dropped is deleted, so nothing partial survives.
 
+mod floor;
 mod local;
 mod name;
 mod tree;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use floor::DiskFloor;
 pub use local::LocalStore;
 pub use name::FileName;
 pub use tree::give_tree;
@@ -129,6 +131,10 @@ pub enum StoreError {
     BodyStalled { seconds: u64 },
     #[error("the server's disk is full")]
     DiskFull,
+    #[error(
+        "the server's disk is nearly full (less than DATA_DIR_MIN_FREE_MB = {min_free_mb} MiB free)"
+    )]
+    BelowFloor { min_free_mb: u64 },
     #[error("'{0}' clashes with a directory (or a file used as a directory) of the same name")]
     NameConflict(String),
     #[error("session not found")]
