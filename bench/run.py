@@ -1533,6 +1533,228 @@ def ptc_rounds(ctx: Ctx, res: Result) -> None:
     )
 
 
+def kernel_memory(server: Server) -> list[dict]:
+    """Memory of each live kernel of `server` from smaps_rollup, summed over the processes of
+    the kernel's own pids cgroup (a cold kernel: bwrap, its init and ipykernel; a forked one:
+    its pid-1 reaper and ipykernel). MiB per kernel: rss, pss, private."""
+    line = next(
+        (ln for ln in Path(f"/proc/{server.proc.pid}/cgroup").read_text().splitlines() if ":pids:" in ln),
+        None,
+    )
+    if line is None:
+        return []
+    base = Path("/sys/fs/cgroup/pids") / line.split(":", 2)[2].lstrip("/") / "code-interpreter" / str(server.proc.pid)
+    out = []
+    for group in sorted(base.glob("kernel-*")):
+        total = {"rss": 0, "pss": 0, "private": 0}
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            for ln in rollup.splitlines():
+                key, _, rest = ln.partition(":")
+                kib = int(rest.split()[0]) if rest.split() and rest.split()[0].isdigit() else 0
+                if key == "Rss":
+                    total["rss"] += kib
+                elif key == "Pss":
+                    total["pss"] += kib
+                elif key in ("Private_Clean", "Private_Dirty"):
+                    total["private"] += kib
+        if pids:
+            out.append({k: v / 1024 for k, v in total.items()})
+    return out
+
+
+def template_memory(server: Server) -> dict | None:
+    """The kernel template's memory (its cgroup's processes), MiB, or None without one."""
+    line = next(
+        (ln for ln in Path(f"/proc/{server.proc.pid}/cgroup").read_text().splitlines() if ":pids:" in ln),
+        None,
+    )
+    if line is None:
+        return None
+    base = Path("/sys/fs/cgroup/pids") / line.split(":", 2)[2].lstrip("/") / "code-interpreter" / str(server.proc.pid)
+    for group in base.glob("template-*"):
+        total = {"rss": 0, "pss": 0, "private": 0}
+        for pid in (group / "cgroup.procs").read_text().split():
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            for ln in rollup.splitlines():
+                key, _, rest = ln.partition(":")
+                kib = int(rest.split()[0]) if rest.split() and rest.split()[0].isdigit() else 0
+                if key == "Rss":
+                    total["rss"] += kib
+                elif key == "Pss":
+                    total["pss"] += kib
+                elif key in ("Private_Clean", "Private_Dirty"):
+                    total["private"] += kib
+        return {k: v / 1024 for k, v in total.items()}
+    return None
+
+
+def burst(api: Api, clients: int, calls: int, nonce: str) -> tuple[list[float], list[float], float, list[str], int]:
+    """`clients` new sessions at once, each making `calls` sequential py calls that print a
+    token of their own: first-call and later-call latencies, wall time, errors, mixed outputs."""
+    barrier = threading.Barrier(clients)
+    lock = threading.Lock()
+    first, later, errors = [], [], []
+    mixed = [0]
+    sids: list[str] = []
+
+    def client(k: int) -> None:
+        http = api.new_http()
+        sid = None
+        barrier.wait(timeout=60)
+        for c in range(calls):
+            tok = f"tok-{nonce}-{k}-{c}-{secrets.token_hex(4)}"
+            body: dict = {"lang": "py", "code": f"print({tok!r})"}
+            if sid:
+                body["session_id"] = sid
+            t0 = time.perf_counter()
+            try:
+                r = http.post(api.url("/exec"), json=body, timeout=HTTP_TIMEOUT)
+            except requests.RequestException as err:
+                with lock:
+                    errors.append(f"client {k} call {c}: {err}")
+                continue
+            elapsed = ms_since(t0)
+            j = r.json() if r.status_code == 200 else {}
+            if r.status_code != 200 or (j.get("run") or {}).get("status") != "success":
+                with lock:
+                    errors.append(f"client {k} call {c}: {describe(r)}")
+                continue
+            sid = j["session_id"]
+            with lock:
+                if j.get("stdout") != tok + "\n":
+                    mixed[0] += 1
+                (later if c else first).append(elapsed)
+        if sid:
+            with lock:
+                sids.append(sid)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        for f in [pool.submit(client, k) for k in range(clients)]:
+            f.result()
+    total = ms_since(t0)
+    for sid in sids:
+        api.delete_session(sid)
+    return first, later, total, errors, mixed[0]
+
+
+@scenario(
+    "kernel_density",
+    "forked kernels vs cold kernels: memory and many new sessions",
+    "Two servers from the same binary, one with PYTHON_KERNEL_FORK=false (the default: every "
+    "kernel its own bwrap sandbox that imports PYTHON_PRELOAD itself; the baseline) and one with "
+    "PYTHON_KERNEL_FORK=true (kernels forked from the preloaded template), otherwise the default "
+    "settings (KERNEL_POOL_SIZE=2). On each, in turn: (1) 20 new sessions one after another "
+    "(4 in --quick), each one call `import numpy, pandas; print(1)` (then deleted), no pause between; (2) 8 idle "
+    "kernels (3 in --quick) after `import numpy, pandas` and gc.collect(): RSS, PSS and private "
+    "memory (Private_Clean + Private_Dirty) from /proc/<pid>/smaps_rollup, summed over each "
+    "kernel's cgroup; (3) 10 new sessions at once (4), first call each; (4) 50 new sessions x 5 "
+    "calls at once (10 x 2). Every session is deleted after its step.",
+)
+def kernel_density(ctx: Ctx, res: Result) -> None:
+    results: dict[str, dict] = {}
+    for label, fork in (("cold", "false"), ("forked", "true")):
+        server = Server(ctx.server.binary, ctx.runtime_dir, ctx.server.keep, {"PYTHON_KERNEL_FORK": fork})
+        try:
+            try:
+                server.start()
+            except RuntimeError as err:
+                raise ScenarioError(f"the PYTHON_KERNEL_FORK={fork} server did not start: {err}") from err
+            api = Api(server)
+            sub = Ctx(ctx.quick, server, api, ctx.runtime_dir, ctx.nonce)
+            api.exec("py", "print(1)", expect_stdout="1\n")  # probes, template start
+            if fork == "true":
+                state = kernel_counts(api).get("template")
+                if state != "ready":
+                    raise Skip(f"the forking server's template is {state!r} (needs root, bwrap and cgroups)")
+            sub.wait_pool_full(60)
+            r: dict = {}
+            seq = []
+            for _ in range(ctx.reps(20, 4)):
+                e, j = api.exec("py", "import numpy, pandas; print(1)", expect_stdout="1\n")
+                seq.append(e)
+                api.delete_session(j["session_id"])
+            r["sequential"] = seq
+            sub.wait_pool_full(60)
+            idle_sids = []
+            for _ in range(ctx.reps(8, 3)):
+                _, j = api.exec("py", "import numpy, pandas, gc; gc.collect(); print(1)", expect_stdout="1\n")
+                idle_sids.append(j["session_id"])
+            time.sleep(1.0)
+            mem = kernel_memory(server)
+            r["memory"] = mem
+            r["template"] = template_memory(server)
+            for sid in idle_sids:
+                api.delete_session(sid)
+            wait_no_kernels(api)
+            sub.wait_pool_full(60)
+            first, _, _, errors, mixed = burst(api, ctx.reps(10, 4), 1, ctx.nonce)
+            if errors or mixed:
+                raise ScenarioError(f"{label}: {len(errors)} errors, {mixed} mixed in the 10-at-once step: {errors[:2]}")
+            r["at_once"] = first
+            sub.wait_pool_full(60)
+            first, later, total, errors, mixed = burst(api, ctx.reps(50, 10), ctx.reps(5, 2), ctx.nonce)
+            r["burst"] = (first + later, total, len(errors), mixed, errors[:2])
+            results[label] = r
+        finally:
+            server.stop()
+    cold, forked = results["cold"], results["forked"]
+
+    a = res.add("forked: 20 new sessions one after another, first call", forked["sequential"])
+    b = res.add("cold: 20 new sessions one after another, first call (baseline)", cold["sequential"], role="baseline")
+    res.goal("forked sequential first call p99 ≤ 100 ms", f"{fmt_ms(a.stats()['p99'])} (cold {fmt_ms(b.stats()['p99'])})", a.stats()["p99"] <= 100)
+    res.info("sequential first call p50, forked vs cold", f"{a.p50 / b.p50:.2f}× ({fmt_ms(a.p50)} vs {fmt_ms(b.p50)})")
+
+    def per_kernel(r: dict, key: str) -> float:
+        return sum(m[key] for m in r["memory"]) / max(len(r["memory"]), 1)
+
+    for key in ("rss", "pss", "private"):
+        f, c = per_kernel(forked, key), per_kernel(cold, key)
+        res.info(f"idle kernel {key.upper() if key != 'private' else 'private (USS)'} MiB, forked vs cold", f"{f:.1f} vs {c:.1f} ({f / c:.2f}×)")
+    fp, cp = per_kernel(forked, "private"), per_kernel(cold, "private")
+    tmpl = forked["template"] or {"private": 0.0, "rss": 0.0, "pss": 0.0}
+    res.goal("forked idle kernel private memory ≤ 25 MiB", f"{fp:.1f} MiB (cold {cp:.1f})", fp <= 25)
+    res.info(
+        "idle kernels in 8 GiB (by PSS; forked: after the template's own memory)",
+        f"forked {int((8 * 1024 - tmpl['pss']) / max(per_kernel(forked, 'pss'), 0.1))}, cold {int(8 * 1024 / max(per_kernel(cold, 'pss'), 0.1))}",
+    )
+    res.info("the template itself (RSS / PSS / private MiB)", f"{tmpl['rss']:.1f} / {tmpl['pss']:.1f} / {tmpl['private']:.1f}")
+
+    a = res.add("forked: 10 new sessions at once, first call", forked["at_once"])
+    b = res.add("cold: 10 new sessions at once, first call (baseline)", cold["at_once"], role="baseline")
+    res.info("10 at once first call p50, forked vs cold", f"{a.p50 / b.p50:.2f}× ({fmt_ms(a.p50)} vs {fmt_ms(b.p50)})")
+
+    n = f"{ctx.reps(50, 10)} sessions × {ctx.reps(5, 2)} calls"
+    lat_f, total_f, err_f, mixed_f, first_err_f = forked["burst"]
+    lat_c, total_c, err_c, mixed_c, _ = cold["burst"]
+    a = res.add(f"forked: {n} at once (per call)", lat_f)
+    b = res.add(f"cold: {n} at once (per call, baseline)", lat_c, role="baseline")
+    res.add("forked burst wall time", [total_f], role="detail")
+    res.add("cold burst wall time", [total_c], role="detail")
+    p99 = a.stats()["p99"]
+    res.goal(f"forked {n}: total ≤ 5 s, p99 ≤ 1.5 s, 0 errors, 0 mixed",
+             f"total {fmt_ms(total_f)}, p99 {fmt_ms(p99)}, {err_f} errors, {mixed_f} mixed (cold: total {fmt_ms(total_c)}, p99 {fmt_ms(b.stats()['p99'])}, {err_c} errors)",
+             total_f <= 5000 and p99 <= 1500 and err_f == 0 and mixed_f == 0)
+    if err_f or mixed_f:
+        raise ScenarioError(f"forked burst: {err_f} errors, {mixed_f} mixed: {first_err_f}")
+    res.notes.append(
+        "memory is per kernel, summed over the processes of the kernel's own pids cgroup; PSS "
+        "divides shared pages among their sharers, so a forked kernel's PSS includes its share of "
+        "the template's pages; the template's own memory is listed separately"
+    )
+
+
 # ----------------------------------------------------------------------------- machine
 
 

@@ -285,6 +285,12 @@ pub struct Settings {
     #[arg(long, env = "KERNEL_IDLE_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub kernel_idle_seconds: u64,
 
+    /// Fork Python kernels from one preloaded template (where bwrap, root and cgroups allow
+    /// it) instead of starting each from nothing. Off by default: forked kernels share one
+    /// host uid (see ARCHITECTURE.md).
+    #[arg(long, env = "PYTHON_KERNEL_FORK", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
+    pub python_kernel_fork: bool,
+
     /// Largest message a Python kernel may send, in bytes, counting what its JSON takes once
     /// parsed; a larger output is dropped with a note in stderr.
     #[arg(long, env = "KERNEL_MAX_MESSAGE_BYTES", default_value_t = 32 * MIB, value_parser = clap::value_parser!(u64).range(65536..), global = true)]

@@ -268,6 +268,7 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
             queue_wait: Duration::from_secs(settings.queue_wait_seconds),
             max_output_bytes: settings.max_output_bytes,
             max_message_bytes: settings.kernel_max_message_bytes,
+            fork: settings.python_kernel_fork,
         },
         Arc::clone(&turns),
     )

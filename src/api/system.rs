@@ -95,6 +95,12 @@ pub struct KernelCounts {
     pub live: usize,
     /// Kernels started ahead, waiting for a new session.
     pub pooled: usize,
+    /// The template kernels are forked from: `off` (kernels start cold), `starting`,
+    /// `ready` or `failed` (kernels start cold until a fork works again).
+    #[schema(example = "ready")]
+    pub template: String,
+    /// How often the template died and was started again.
+    pub template_restarts: u64,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -181,6 +187,8 @@ pub async fn health(
         kernels: KernelCounts {
             live: state.exec.python().live_kernels(),
             pooled: state.exec.python().pooled_kernels(),
+            template: state.exec.python().template_state().0.as_str().into(),
+            template_restarts: state.exec.python().template_state().1,
         },
         ready,
         readiness: ReadinessInfo {

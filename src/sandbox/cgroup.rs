@@ -230,6 +230,18 @@ impl RunCgroup {
             .collect()
     }
 
+    /// The `cgroup.procs` files of the run's groups.
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
+        self.dirs().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// The host pids of the run's processes.
+    pub fn members(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.pids.join("cgroup.procs"))
+            .map(|list| list.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn peak_memory(&self) -> Option<u64> {
         read_u64(&self.memory.join("memory.max_usage_in_bytes"))
     }

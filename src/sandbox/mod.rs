@@ -16,6 +16,7 @@
 //!    namespace and every process left in it end too.
 
 mod cgroup;
+pub mod fork;
 pub mod probe;
 mod seccomp;
 mod selftest;
@@ -252,9 +253,25 @@ impl Sandbox {
     }
 
     fn bwrap_args(&self, job: &Job, seccomp_fds: &[i32]) -> Vec<String> {
+        self.bwrap_args_for(job, seccomp_fds, None)
+    }
+
+    /// bwrap's arguments for `job`; with `template` (mount points), the sandbox of a kernel
+    /// template instead (see `fork`): capabilities inside its own user namespace, empty
+    /// mount points for what each fork attaches, and no filter (each fork installs it).
+    fn bwrap_args_for(
+        &self,
+        job: &Job,
+        seccomp_fds: &[i32],
+        template: Option<&[&str]>,
+    ) -> Vec<String> {
         let mut a: Vec<String> = Vec::with_capacity(96);
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-        push(&["--unshare-all", "--unshare-user", "--disable-userns"]);
+        match template {
+            // No --disable-userns: a fork's filter refuses new user namespaces instead.
+            Some(_) => push(&["--unshare-all", "--unshare-user", "--cap-add", "ALL"]),
+            None => push(&["--unshare-all", "--unshare-user", "--disable-userns"]),
+        }
         // Whatever host uid runs it, user code sees the same identity inside.
         let id = SANDBOX_ID.to_string();
         push(&["--uid", &id, "--gid", &id]);
@@ -325,6 +342,9 @@ impl Sandbox {
         } else {
             push(&["--chdir", HOME]);
         }
+        for point in template.unwrap_or_default() {
+            push(&["--dir", point]);
+        }
         // Nothing outside /tmp, /mnt/data and the writable mounts may be written.
         push(&["--remount-ro", "/"]);
         for fd in seccomp_fds {
@@ -337,6 +357,22 @@ impl Sandbox {
 
     /// Start `job`. The returned process has its stdout and stderr piped and stdin closed.
     pub fn spawn(&self, job: &Job, run_id: &str) -> Result<Process, SandboxError> {
+        let user = self
+            .user_for(job.workspace.as_deref())
+            .map_err(SandboxError::Spawn)?;
+        self.spawn_as(job, run_id, user, None)
+    }
+
+    /// `spawn` as `user`; with `template`, a kernel template (`fork::Template`): `inherit`
+    /// stays open for it and the seccomp filters are its own descriptors, named after
+    /// `job.argv` (the control socket first).
+    fn spawn_as(
+        &self,
+        job: &Job,
+        run_id: &str,
+        user: Option<(u32, u32)>,
+        template: Option<(&[&str], i32)>,
+    ) -> Result<Process, SandboxError> {
         let cgroup = match &self.cgroups {
             Some(v1) => Some(
                 v1.create_run(
@@ -355,14 +391,23 @@ impl Sandbox {
             None => Vec::new(),
         };
 
-        let mut cmd = match self.options.mode {
-            SandboxMode::Bwrap => {
+        let fds: Vec<i32> = seccomp_fds.iter().map(|f| f.as_raw_fd()).collect();
+        let mut keep = fds.clone();
+        let mut cmd = match (self.options.mode, template) {
+            (SandboxMode::Bwrap, None) => {
                 let mut c = tokio::process::Command::new("bwrap");
-                let fds: Vec<i32> = seccomp_fds.iter().map(|f| f.as_raw_fd()).collect();
                 c.args(self.bwrap_args(job, &fds));
                 c
             }
-            SandboxMode::None => {
+            (SandboxMode::Bwrap, Some((points, control))) => {
+                let mut c = tokio::process::Command::new("bwrap");
+                c.args(self.bwrap_args_for(job, &[], Some(points)));
+                c.arg(control.to_string());
+                c.args(fds.iter().map(|fd| fd.to_string()));
+                keep.push(control);
+                c
+            }
+            (SandboxMode::None, _) => {
                 let mut c = tokio::process::Command::new(&job.argv[0]);
                 c.args(&job.argv[1..]);
                 if let Some(ws) = &job.workspace {
@@ -378,13 +423,10 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
 
-        let user = self
-            .user_for(job.workspace.as_deref())
-            .map_err(SandboxError::Spawn)?;
         let setup = ChildSetup {
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             rlimits: rlimits(&job.limits, cgroup.is_some()),
-            seccomp_fds: seccomp_fds.iter().map(|f| f.as_raw_fd()).collect(),
+            seccomp_fds: keep,
             user,
             open_files_limit: current_open_files_limit(),
         };

@@ -20,17 +20,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::template::KernelTemplate;
 use super::wire::{Codec, Message, WireError};
 use super::zmtp::{self, Incoming, ZmtpError};
 use crate::sandbox::{Handle, Job, Limits, Mount, Sandbox};
 
 /// Where the socket directory appears inside the sandbox.
-const SOCKETS_INSIDE: &str = "/run/kernel";
+pub const SOCKETS_INSIDE: &str = "/run/kernel";
 /// Channel ports; with `ipc` they are suffixes of the socket path (`k-1` …).
 const PORTS: [(&str, u16); 5] = [
     ("shell_port", 1),
@@ -269,7 +271,10 @@ struct Channels {
 
 /// Log what the kernel process itself writes to stdout/stderr, in bounded chunks (user code
 /// can write there too, without ever ending a line).
-fn drain_log(kernel: String, mut pipe: impl tokio::io::AsyncRead + Send + Unpin + 'static) {
+pub(super) fn drain_log(
+    kernel: String,
+    mut pipe: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; LOG_CHUNK];
         while let Ok(n @ 1..) = pipe.read(&mut buf).await {
@@ -279,7 +284,12 @@ fn drain_log(kernel: String, mut pipe: impl tokio::io::AsyncRead + Send + Unpin 
 }
 
 impl Kernel {
-    pub async fn launch(sandbox: &Sandbox, spec: KernelSpec<'_>) -> Result<Kernel, KernelError> {
+    /// Start a kernel: forked from `template` when given, else its own sandbox from nothing.
+    pub async fn launch(
+        sandbox: &Sandbox,
+        spec: KernelSpec<'_>,
+        template: Option<&KernelTemplate>,
+    ) -> Result<Kernel, KernelError> {
         let id = crate::session::new_id()[..12].to_owned();
         let socket_dir = spec.sockets_root.join(&id);
         std::fs::create_dir_all(&socket_dir)?;
@@ -305,31 +315,61 @@ impl Kernel {
             std::os::unix::fs::PermissionsExt::from_mode(0o644),
         )?;
 
-        let mut mounts = spec.mounts;
-        mounts.push(Mount::writable(&socket_dir, SOCKETS_INSIDE));
-        let job = Job {
-            argv: vec![
-                spec.python.to_string_lossy().into_owned(),
-                "-m".into(),
-                "ipykernel_launcher".into(),
-                "-f".into(),
-                format!("{SOCKETS_INSIDE}/kernel.json"),
-                "--HistoryManager.enabled=False".into(),
-                "--IPKernelApp.quiet=True".into(),
-            ],
-            env: spec.env,
-            workspace: Some(spec.workspace.to_path_buf()),
-            mounts,
-            limits: spec.limits,
+        let (handle, exited): (Handle, BoxFuture<'static, ()>) = match template {
+            Some(template) => {
+                let (handle, pidfd) = template
+                    .fork(
+                        [spec.workspace, &socket_dir],
+                        &spec.limits,
+                        &format!("kernel-{id}"),
+                    )
+                    .await
+                    .map_err(KernelError::Start)?;
+                // SAFETY: the `OwnedFd` moves into the `AsyncFd` and stays open, the same
+                // descriptor, until the `AsyncFd` is dropped.
+                let pidfd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }
+                    .map_err(|e| KernelError::Start(format!("cannot watch the kernel: {e}")))?;
+                (
+                    handle,
+                    Box::pin(async move {
+                        let _ = pidfd.readable().await;
+                    }),
+                )
+            }
+            None => {
+                let mut mounts = spec.mounts;
+                mounts.push(Mount::writable(&socket_dir, SOCKETS_INSIDE));
+                let job = Job {
+                    argv: vec![
+                        spec.python.to_string_lossy().into_owned(),
+                        "-m".into(),
+                        "ipykernel_launcher".into(),
+                        "-f".into(),
+                        format!("{SOCKETS_INSIDE}/kernel.json"),
+                        "--HistoryManager.enabled=False".into(),
+                        "--IPKernelApp.quiet=True".into(),
+                    ],
+                    env: spec.env,
+                    workspace: Some(spec.workspace.to_path_buf()),
+                    mounts,
+                    limits: spec.limits,
+                };
+                let mut process = sandbox.spawn(&job, &format!("kernel-{id}"))?;
+                if let Some(out) = process.child.stdout.take() {
+                    drain_log(id.clone(), out);
+                }
+                if let Some(err) = process.child.stderr.take() {
+                    drain_log(id.clone(), err);
+                }
+                let (mut child, handle) = process.into_parts();
+                (
+                    handle,
+                    Box::pin(async move {
+                        let _ = child.wait().await;
+                    }),
+                )
+            }
         };
-        let mut process = sandbox.spawn(&job, &format!("kernel-{id}"))?;
-        if let Some(out) = process.child.stdout.take() {
-            drain_log(id.clone(), out);
-        }
-        if let Some(err) = process.child.stderr.take() {
-            drain_log(id.clone(), err);
-        }
-        let (mut child, handle) = process.into_parts();
         let handle = Arc::new(handle);
         let (alive_tx, alive) = watch::channel(true);
         let routes: Routes = Arc::default();
@@ -338,7 +378,7 @@ impl Kernel {
             let routes = Arc::clone(&routes);
             let iopub_done = Arc::clone(&iopub_done);
             tokio::spawn(async move {
-                let _ = child.wait().await;
+                exited.await;
                 let _ = alive_tx.send(false);
                 // What the kernel sent just before it died (the line before an OOM kill) is
                 // still in the socket: let the iopub reader reach the end first.

@@ -10,6 +10,7 @@
 //!   call starts with one stderr line saying its state was lost.
 
 mod kernel;
+mod template;
 mod wire;
 mod zmtp;
 
@@ -28,6 +29,8 @@ use super::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::{Limits, Sandbox};
 use crate::session::SessionTurns;
 use kernel::{CellEnd, Kernel, KernelEvent, KernelSpec};
+use template::KernelTemplate;
+pub use template::TemplateState;
 
 #[derive(Debug, Clone)]
 pub struct PythonSettings {
@@ -40,6 +43,8 @@ pub struct PythonSettings {
     pub max_output_bytes: u64,
     /// `KERNEL_MAX_MESSAGE_BYTES`: the most a kernel's message may take.
     pub max_message_bytes: u64,
+    /// `PYTHON_KERNEL_FORK`: fork kernels from a preloaded template where that is safe.
+    pub fork: bool,
 }
 
 struct LiveKernel {
@@ -70,6 +75,8 @@ pub struct PythonRuntime {
     lost: Mutex<HashMap<String, &'static str>>,
     /// Sessions this process has run a kernel for.
     seen: Mutex<std::collections::HashSet<String>>,
+    /// Where kernels are forked from, when they are.
+    template: Option<KernelTemplate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +139,26 @@ impl PythonRuntime {
             &pool_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
         )?;
+        let template = match (settings.fork, sandbox.can_fork()) {
+            (true, true) => Some(KernelTemplate::new(
+                Arc::clone(&sandbox),
+                &process.python(),
+                kernel_env(&process),
+                &settings.preload,
+                process.runtime_mounts(),
+                settings.limits,
+                [crate::sandbox::WORKSPACE, kernel::SOCKETS_INSIDE],
+            )),
+            (true, false) => {
+                tracing::info!(
+                    "Python kernels start cold: forking from a template needs bwrap, root and writable cgroups"
+                );
+                None
+            }
+            (false, _) => None,
+        };
         Ok(Arc::new(PythonRuntime {
+            template,
             sandbox,
             process,
             sockets_root,
@@ -148,36 +174,52 @@ impl PythonRuntime {
         }))
     }
 
-    fn env(&self) -> Vec<(String, String)> {
-        let mut env = self.process.env(Language::Python);
-        env.retain(|(k, _)| k != "MPLBACKEND");
-        env.push((
-            "MPLBACKEND".into(),
-            "module://matplotlib_inline.backend_inline".into(),
-        ));
-        env.push(("IPYTHONDIR".into(), "/tmp/ipython".into()));
-        env.push(("PYDEVD_DISABLE_FILE_VALIDATION".into(), "1".into()));
-        env
-    }
-
     async fn launch(&self, workspace: &Path) -> Result<Kernel, RuntimeError> {
         // Fails with Unavailable when the Python environment is missing.
         self.process.version(Language::Python).await?;
         let python = self.process.python();
-        Kernel::launch(
-            &self.sandbox,
-            KernelSpec {
-                python: &python,
-                sockets_root: &self.sockets_root,
-                workspace,
-                env: self.env(),
-                mounts: self.process.runtime_mounts(),
-                limits: self.settings.limits,
-                max_message_bytes: self.settings.max_message_bytes,
-            },
-        )
-        .await
-        .map_err(|e| RuntimeError::Io(std::io::Error::other(e.to_string())))
+        let spec = || KernelSpec {
+            python: &python,
+            sockets_root: &self.sockets_root,
+            workspace,
+            env: kernel_env(&self.process),
+            mounts: self.process.runtime_mounts(),
+            limits: self.settings.limits,
+            max_message_bytes: self.settings.max_message_bytes,
+        };
+        if let Some(template) = self.template.as_ref().filter(|t| t.usable()) {
+            self.give_to_forks(workspace)?;
+            match Kernel::launch(&self.sandbox, spec(), Some(template)).await {
+                Ok(kernel) => return Ok(kernel),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not fork a kernel; starting one cold")
+                }
+            }
+        }
+        Kernel::launch(&self.sandbox, spec(), None)
+            .await
+            .map_err(|e| RuntimeError::Io(std::io::Error::other(e.to_string())))
+    }
+
+    /// Forked kernels run as the template's host uid: the workspace becomes its.
+    fn give_to_forks(&self, workspace: &Path) -> Result<(), RuntimeError> {
+        let (Some(uid), Some(uids)) = (self.sandbox.fork_uid(), self.sandbox.uids()) else {
+            return Ok(());
+        };
+        let old = crate::sandbox::owner_of(workspace)?;
+        if old != uid {
+            crate::store::give_tree(workspace, uid)?;
+            uids.release(old);
+        }
+        Ok(())
+    }
+
+    /// The kernel template's state and how often it was restarted, for `/health`.
+    pub fn template_state(&self) -> (TemplateState, u64) {
+        match &self.template {
+            Some(t) => (t.state(), t.restarts()),
+            None => (TemplateState::Off, 0),
+        }
     }
 
     /// Keep the pool full, in the background.
@@ -204,7 +246,9 @@ impl PythonRuntime {
         let dir = self.pool_dir.join(crate::session::new_id());
         std::fs::create_dir(&dir)?;
         // A uid of its own, which the session that claims it takes over.
-        if let Some(uids) = self.sandbox.uids() {
+        if self.template.is_none()
+            && let Some(uids) = self.sandbox.uids()
+        {
             let uid = uids.allocate();
             std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
         }
@@ -671,6 +715,19 @@ impl PythonRuntime {
             }
         });
     }
+}
+
+/// The environment of every kernel (and of the template they are forked from).
+fn kernel_env(process: &ProcessRuntime) -> Vec<(String, String)> {
+    let mut env = process.env(Language::Python);
+    env.retain(|(k, _)| k != "MPLBACKEND");
+    env.push((
+        "MPLBACKEND".into(),
+        "module://matplotlib_inline.backend_inline".into(),
+    ));
+    env.push(("IPYTHONDIR".into(), "/tmp/ipython".into()));
+    env.push(("PYDEVD_DISABLE_FILE_VALIDATION".into(), "1".into()));
+    env
 }
 
 /// A slot counted against `MAX_SESSIONS` while its kernel starts; given back when dropped

@@ -1,0 +1,306 @@
+# The kernel template: imported modules shared by every kernel forked from it.
+#
+# The server starts this program in a sandbox of its own (bubblewrap: its own user, mount,
+# PID, network, IPC, UTS and cgroup namespaces, read-only system, no workspace, no kernel
+# sockets, no seccomp filter so that a fork can still build its namespaces). It imports
+# ipykernel and PYTHON_PRELOAD once, freezes what it imported out of the garbage collector
+# (so a child's first full collection does not copy those pages) and waits for requests on
+# the descriptor named by argv[1], a SOCK_SEQPACKET socket to the server. No user code ever
+# runs here, and it holds nothing of any session: each request brings the session's
+# workspace and socket directory as detached mounts (open_tree descriptors) and the run's
+# cgroup.procs files opened by the server.
+#
+# A fork, before anything of the user's runs:
+#   1. closes the server's socket, joins the run's cgroups;
+#   2. unshares mount, PID, network, IPC, UTS and cgroup namespaces and forks: the child is
+#      pid 1 of the new PID namespace and stays its reaper;
+#   3. makes every mount private, mounts its own /proc, /tmp (HOME) and /dev/shm, makes
+#      /dev read-only, and attaches the workspace at /mnt/data and the sockets at
+#      /run/kernel;
+#   4. sets the rlimits, closes every descriptor above stdio, drops every capability
+#      (bounding, ambient, effective, permitted, inheritable), sets no_new_privs and installs
+#      the sandbox's seccomp filters (descriptors named by argv[2:], read at start);
+#   5. forks the kernel (pid 2), which reseeds the random generators and starts IPKernelApp
+#      on the connection file in /run/kernel. Its stdout and stderr go to /dev/null.
+#
+# The template refuses to fork while it has more than one thread (a forked thread's locks
+# would stay locked in the child).
+
+import ctypes
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 1
+O_CLOEXEC = 0o2000000
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[os.uname().machine]
+MOVE_MOUNT_F_EMPTY_PATH = 4
+AT_FDCWD = -100
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+MAX_FDS = 8
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+libc.syscall.restype = ctypes.c_long
+
+
+def check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source, target, fstype, flags, data=None):
+    enc = lambda s: s.encode() if s is not None else None
+    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def prctl(option, arg=0):
+    check(libc.prctl(option, arg, 0, 0, 0), f"prctl {option}")
+
+
+def attach(tree_fd, target):
+    result = libc.syscall(
+        SYS_MOVE_MOUNT, tree_fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH
+    )
+    check(result, f"move_mount {target}")
+
+
+def clone_mount(path):
+    fd = libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
+    return fd
+
+
+def mounts_below(prefix):
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+def drop_capabilities():
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    for cap in range(last + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient")
+    header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
+    data = bytes(24)  # two empty __user_cap_data_struct
+    check(libc.syscall(SYS_CAPSET, header, data), "capset")
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_filters(programs):
+    for program in programs:
+        buf = ctypes.create_string_buffer(program, len(program))
+        prog = SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        check(
+            libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0),
+            "seccomp",
+        )
+
+
+def reseed():
+    import random
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+def start_kernel():
+    reseed()
+    from ipykernel.kernelapp import IPKernelApp
+
+    sys.argv = ["ipykernel_launcher"]
+    app = IPKernelApp.instance()
+    app.initialize(
+        [
+            "-f",
+            "/run/kernel/kernel.json",
+            "--HistoryManager.enabled=False",
+            "--IPKernelApp.quiet=True",
+        ]
+    )
+    app.start()
+
+
+def isolate(request, workspace_fd, sockets_fd, filters):
+    """In pid 1 of the new PID namespace: build the sandbox, then fork the kernel."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    size = int(request["tmp_bytes"])
+    # Runtime files bound below /tmp (matplotlib's font cache) are kept on the new /tmp.
+    kept = [(p, os.path.isdir(p), clone_mount(p)) for p in mounts_below("/tmp/")]
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=755")
+    for point, is_dir, tree in kept:
+        os.makedirs(point if is_dir else os.path.dirname(point), 0o755, exist_ok=True)
+        if not is_dir:
+            open(point, "a").close()
+        attach(tree, point)
+        os.close(tree)
+    os.mkdir(request["home"], 0o755)
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    mount(None, "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    attach(workspace_fd, "/mnt/data")
+    attach(sockets_fd, "/run/kernel")
+    for resource, value in request["rlimits"]:
+        import resource as r
+
+        r.setrlimit(resource, (value, value))
+    os.chdir("/mnt/data")
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, 1 << 20)
+    drop_capabilities()
+    install_filters(filters)
+    kernel = os.fork()
+    if kernel == 0:
+        start_kernel()
+        os._exit(0)
+    # The reaper: every orphan of the namespace comes here; the kernel's end is ours.
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == kernel:
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def fork_kernel(request, fds, filters, control, report_w):
+    """In the forked child: join the cgroups, make the namespaces, hand over to pid 1."""
+    control.close()
+    os.setsid()
+    workspace_fd, sockets_fd, *cgroup_fds = fds
+    for fd in cgroup_fds:
+        os.write(fd, b"0")
+        os.close(fd)
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    check(libc.unshare(flags | CLONE_NEWCGROUP), "unshare")
+    init = os.fork()
+    if init == 0:
+        os.close(report_w)
+        isolate(request, workspace_fd, sockets_fd, filters)
+        os._exit(1)
+    os.write(report_w, b"%d\n" % init)
+    os._exit(0)
+
+
+def serve(control, filters):
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        ready, _, _ = select.select([control], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 65536, MAX_FDS)
+        except OSError:
+            return
+        if not data:
+            return  # The server is gone.
+        answer = {"ok": False}
+        try:
+            request = json.loads(data)
+            threads = len(os.listdir("/proc/self/task"))
+            if threads != 1:
+                raise RuntimeError(f"the template has {threads} threads; it forks only with one")
+            report_r, report_w = os.pipe()
+            child = os.fork()
+            if child == 0:
+                try:
+                    os.close(report_r)
+                    fork_kernel(request, fds, filters, control, report_w)
+                except BaseException as err:
+                    print(f"kernel fork failed: {err}", file=sys.stderr, flush=True)
+                os._exit(1)
+            os.close(report_w)
+            os.waitpid(child, 0)
+            with os.fdopen(report_r) as report:
+                init = report.read().strip()
+            if not init:
+                raise RuntimeError("the fork failed before its namespace was made")
+            answer = {"ok": True, "pid": int(init)}
+        except Exception as err:
+            answer = {"ok": False, "error": str(err)}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        control.send(json.dumps(answer).encode())
+
+
+def main():
+    control = socket.socket(fileno=int(sys.argv[1]))
+    filters = []
+    for fd in sys.argv[2:]:
+        with os.fdopen(int(fd), "rb") as f:
+            filters.append(f.read())
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    # What every kernel imports, once: the kernel app, what it imports while it starts (the
+    # debugger's debugpy, the shell, tornado's loop: about half a second) and the preloads.
+    started_by_the_app = [
+        "ipykernel.kernelapp",
+        "ipykernel.ipkernel",
+        "ipykernel.zmqshell",
+        "ipykernel.debugger",
+        "ipykernel.comm",
+        "ipykernel.eventloops",
+        "IPython.core.completer",
+        "tornado.ioloop",
+        "pdb",
+        "faulthandler",
+        "resource",
+    ]
+    for name in started_by_the_app + json.loads(os.environ.pop("CI_TEMPLATE_PRELOAD", "[]")):
+        try:
+            __import__(name)
+        except Exception as err:
+            print(f"preload of {name} failed: {err}", file=sys.stderr, flush=True)
+    gc.collect()
+    gc.freeze()
+    control.send(b'{"ready": true}')
+    serve(control, filters)
+
+
+main()
