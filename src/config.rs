@@ -118,6 +118,81 @@ pub struct Settings {
     )]
     pub api_keys: Vec<String>,
 
+    /// A public key (PEM, Ed25519 or RSA, or one JWK) that verifies the JWTs LibreChat
+    /// signs (`Authorization: Bearer <jwt>`); needs `CODEAPI_JWT_KID`.
+    #[arg(
+        long,
+        env = "CODEAPI_JWT_PUBLIC_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_public_key: Option<String>,
+
+    /// The key id (`kid`) LibreChat puts in the header of tokens signed with that key.
+    #[arg(long, env = "CODEAPI_JWT_KID", global = true)]
+    pub jwt_kid: Option<String>,
+
+    /// A JWK set (`{"keys": [...]}`) of JWT verification keys, each with its `kid`.
+    #[arg(
+        long,
+        env = "CODEAPI_JWT_JWKS_JSON",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_jwks_json: Option<String>,
+
+    /// The one JWT algorithm to accept, `EdDSA` or `RS256` (LibreChat signs with it).
+    #[arg(long, env = "CODEAPI_JWT_ALGORITHM", global = true)]
+    pub jwt_algorithm: Option<String>,
+
+    /// JWT algorithms accepted, comma-separated: `EdDSA`, `RS256`.
+    #[arg(
+        long,
+        env = "CODEAPI_JWT_ALLOWED_ALGS",
+        default_value = "EdDSA,RS256",
+        global = true
+    )]
+    pub jwt_allowed_algs: String,
+
+    /// The issuer (`iss`) a JWT must name.
+    #[arg(
+        long,
+        env = "CODEAPI_JWT_ISSUER",
+        default_value = "librechat",
+        global = true
+    )]
+    pub jwt_issuer: String,
+
+    /// The audience (`aud`) a JWT must name.
+    #[arg(
+        long,
+        env = "CODEAPI_JWT_AUDIENCE",
+        default_value = "codeapi",
+        global = true
+    )]
+    pub jwt_audience: String,
+
+    /// Clock difference tolerated on a JWT's `exp`, `nbf` and `iat`, in seconds (≤ 30).
+    #[arg(long, env = "CODEAPI_JWT_CLOCK_SKEW_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=30), global = true)]
+    pub jwt_clock_skew_seconds: u64,
+
+    /// Longest JWT lifetime accepted (`exp` - `iat`), in seconds (≤ 300).
+    #[arg(long, env = "CODEAPI_JWT_MAX_TTL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300), global = true)]
+    pub jwt_max_ttl_seconds: u64,
+
+    /// Refuse JWTs without a `tenant_id` claim (otherwise they belong to tenant `legacy`).
+    #[arg(long, env = "CODEAPI_TENANT_ISOLATION_STRICT", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
+    pub tenant_isolation_strict: bool,
+
+    /// `/exec` calls per minute for each (tenant, user); `0` = no limit.
+    #[arg(
+        long,
+        env = "RATE_LIMIT_EXEC_PER_MINUTE",
+        default_value_t = 0,
+        global = true
+    )]
+    pub rate_limit_exec_per_minute: u32,
+
     /// Allowed CORS origins, comma-separated, or `*`.
     #[arg(long, env = "CORS_ALLOW_ORIGINS", default_value = "*", global = true)]
     pub cors_allow_origins: String,
@@ -510,7 +585,11 @@ fn env_name_for_flag(arg: &str) -> Option<String> {
 
 /// Seed-compatible names that map onto one of ours.
 fn apply_aliases() {
-    const ALIASES: &[(&str, &str)] = &[("UPLOADS_DIR", "DATA_DIR")];
+    const ALIASES: &[(&str, &str)] = &[
+        ("UPLOADS_DIR", "DATA_DIR"),
+        // LibreChat's official Code API names it so.
+        ("CODEAPI_EXECUTION_PROFILE", "EXECUTION_PROFILE"),
+    ];
     for (old, new) in ALIASES {
         if std::env::var_os(new).is_none()
             && let Some(value) = std::env::var_os(old)

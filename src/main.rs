@@ -5,8 +5,10 @@ mod config;
 mod doctor;
 mod exec;
 mod healthcheck;
+mod identity;
 mod mcp;
 mod notebook;
+mod rate_limit;
 mod readiness;
 mod runtime;
 mod sandbox;
@@ -109,6 +111,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
 
+    // Bad JWT settings stop start-up before anything is started.
+    let jwt = identity::jwt::JwtVerifier::from_settings(&settings)?;
+    let auth = identity::Authenticator::new(&settings.all_api_keys(), jwt);
+    if auth.is_open() {
+        tracing::warn!(
+            "no API key set (CODE_INTERPRETER_API_KEY) and no JWT key (CODEAPI_JWT_PUBLIC_KEY): every route is open to anyone who can reach this port"
+        );
+    }
+    if auth.accepts_jwt() {
+        tracing::info!("accepting JWTs signed by LibreChat (CODEAPI_JWT_*) besides API keys");
+    }
+
     let Core {
         settings,
         store,
@@ -116,20 +130,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         sandbox,
         readiness,
     } = start_core(settings).await?;
-
-    let keys = settings.all_api_keys();
-    if keys.is_empty() {
-        tracing::warn!(
-            "no API key set (CODE_INTERPRETER_API_KEY): every route is open to anyone who can reach this port"
-        );
-    }
     let state = api::AppState {
         settings: Arc::clone(&settings),
         store,
         exec,
         sandbox: sandbox.isolation(),
         readiness,
-        auth: Arc::new(api::Auth::new(&keys)),
+        auth: Arc::new(auth),
+        exec_rate: Arc::new(rate_limit::ExecRateLimit::per_minute(
+            settings.rate_limit_exec_per_minute,
+        )),
         started: Instant::now(),
         metrics,
         shutdown: CancellationToken::new(),
@@ -171,19 +181,17 @@ async fn mcp_stdio(settings: Settings) -> anyhow::Result<()> {
         exec,
         ..
     } = start_core(Arc::new(settings)).await?;
+    // The first API key's tenant (or the local one), so stdio and HTTP clients with that
+    // key share sessions.
     let keys = settings.all_api_keys();
-    let tenant = match keys.first() {
-        None => session::Tenant::local(),
-        Some(key) => {
-            let mut headers = axum::http::HeaderMap::new();
-            let value = axum::http::HeaderValue::from_str(key)
-                .context("the first API key is not a valid header value")?;
-            headers.insert("x-api-key", value);
-            api::Auth::new(&keys)
-                .identify(&headers)
-                .context("the first API key does not identify a tenant")?
-        }
-    };
+    let credentials = keys
+        .first()
+        .map(|key| identity::Credentials::key(key))
+        .unwrap_or_default();
+    let tenant = identity::Authenticator::new(&keys, None)
+        .identify(&credentials)
+        .context("the first API key does not identify a tenant")?
+        .tenant;
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {

@@ -1,111 +1,55 @@
-//! API keys and tenants. Each configured key is a tenant; with no key the server has one
-//! local tenant and every route is open.
-//!
-//! The key may come as `x-api-key`, or (only when `x-api-key` is absent) as
-//! `Authorization: Bearer <key>` or `Authorization: Basic` with the key as user name or
-//! password. Keys are compared by their SHA-256 digests in constant time, against every
-//! configured key, so timing says nothing about which key was close.
+//! Auth at the HTTP edge: lift the credentials out of the headers (`x-api-key`,
+//! `Authorization`), let `identity` say who they belong to, and answer 401 when nobody.
+//! The decision itself (keys, JWTs, tenants) lives in `crate::identity`, shared with MCP.
 
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use base64::Engine;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::session::Tenant;
+use crate::identity::{AuthError, Authenticator, Credentials};
 
-pub struct Auth {
-    /// (digest of the key, tenant it stands for)
-    keys: Vec<([u8; 32], Tenant)>,
-}
-
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-impl Auth {
-    pub fn new(keys: &[String]) -> Self {
-        let keys = keys
-            .iter()
-            .map(|k| {
-                let d = digest(k);
-                // The tenant id is derived from the key, so it is stable across restarts
-                // without storing the key itself.
-                (d, Tenant(format!("key-{}", hex::encode(&d[..8]))))
-            })
-            .collect();
-        Auth { keys }
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// The tenant behind the request's credentials, or `None` when they are missing or wrong.
-    pub fn identify(&self, headers: &HeaderMap) -> Option<Tenant> {
-        if self.is_open() {
-            return Some(Tenant::local());
-        }
-        let candidates = presented_keys(headers);
-        let mut found = None;
-        for candidate in candidates {
-            let d = digest(&candidate);
-            for (key, tenant) in &self.keys {
-                if bool::from(key.ct_eq(&d)) && found.is_none() {
-                    found = Some(tenant.clone());
-                }
-            }
-        }
-        found
+/// The credentials a request carries. A header that is not text counts as a wrong one.
+pub fn credentials(headers: &HeaderMap) -> Credentials<'_> {
+    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or(""));
+    Credentials {
+        api_key: text(header::HeaderName::from_static("x-api-key")),
+        authorization: text(header::AUTHORIZATION),
     }
 }
 
-/// The keys a request offers, in the order SPEC §2 gives them.
-fn presented_keys(headers: &HeaderMap) -> Vec<String> {
-    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return vec![key.trim().to_owned()];
-    }
-    let Some(auth) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return Vec::new();
-    };
-    let (scheme, value) = auth.trim().split_once(' ').unwrap_or((auth, ""));
-    let value = value.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        vec![value.to_owned()]
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(value) else {
-            return Vec::new();
-        };
-        let decoded = String::from_utf8_lossy(&decoded).into_owned();
-        match decoded.split_once(':') {
-            Some((user, pass)) => vec![user.to_owned(), pass.to_owned()],
-            None => vec![decoded],
-        }
-    } else {
-        Vec::new()
-    }
-}
-
-/// Middleware for protected routes: puts the caller's [`Tenant`] into the request's
-/// extensions, or answers 401.
-pub async fn require_key(
+/// Middleware for protected routes: puts the caller's `Identity` (and its `Tenant`, which
+/// most handlers need alone) into the request's extensions, or answers 401.
+pub async fn require_identity(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let tenant = state
+    let identity = state
         .auth
-        .identify(request.headers())
-        .ok_or_else(ApiError::unauthorized)?;
-    request.extensions_mut().insert(tenant);
+        .identify(&credentials(request.headers()))
+        .map_err(|err| refusal(&state.auth, err))?;
+    request.extensions_mut().insert(identity.tenant.clone());
+    request.extensions_mut().insert(identity);
     Ok(next.run(request).await)
+}
+
+fn refusal(auth: &Authenticator, err: AuthError) -> ApiError {
+    match err {
+        AuthError::Token(why) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            format!("Invalid bearer token: {why}."),
+        ),
+        AuthError::Missing | AuthError::UnknownKey if auth.accepts_jwt() => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Invalid or missing credentials: send x-api-key with an API key, or Authorization: Bearer with a JWT signed by LibreChat.",
+        ),
+        AuthError::Missing | AuthError::UnknownKey => ApiError::unauthorized(),
+    }
 }
 
 /// A credential with its middle hidden, for request logs.
@@ -119,54 +63,18 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    #[test]
+    fn credentials_come_from_x_api_key_and_authorization() {
         let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn each_key_is_its_own_tenant_and_every_header_form_works() {
-        let auth = Auth::new(&["alpha".into(), "beta".into()]);
-        let a = auth.identify(&headers(&[("x-api-key", "alpha")])).unwrap();
-        let b = auth
-            .identify(&headers(&[("authorization", "Bearer beta")]))
-            .unwrap();
-        assert_ne!(a, b);
-        let basic_user = base64::engine::general_purpose::STANDARD.encode("alpha:");
-        let basic_pass = base64::engine::general_purpose::STANDARD.encode("x:alpha");
-        assert_eq!(
-            auth.identify(&headers(&[(
-                "authorization",
-                &format!("Basic {basic_user}")
-            )])),
-            Some(a.clone())
-        );
-        assert_eq!(
-            auth.identify(&headers(&[(
-                "authorization",
-                &format!("Basic {basic_pass}")
-            )])),
-            Some(a.clone())
-        );
-        // A valid x-api-key next to some other bearer token (LibreChat's JWT) is accepted.
-        assert_eq!(
-            auth.identify(&headers(&[
-                ("x-api-key", "alpha"),
-                ("authorization", "Bearer eyJ.jwt")
-            ])),
-            Some(a)
-        );
-        assert_eq!(auth.identify(&headers(&[("x-api-key", "gamma")])), None);
-        assert_eq!(auth.identify(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn without_keys_everyone_is_the_local_tenant() {
-        let auth = Auth::new(&[]);
-        assert_eq!(auth.identify(&HeaderMap::new()), Some(Tenant::local()));
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        h.insert("authorization", HeaderValue::from_static("Bearer t"));
+        let c = credentials(&h);
+        assert_eq!(c.api_key, Some("k"));
+        assert_eq!(c.authorization, Some("Bearer t"));
+        let mut binary = HeaderMap::new();
+        binary.insert("x-api-key", HeaderValue::from_bytes(b"\xff").unwrap());
+        assert_eq!(credentials(&binary).api_key, Some(""));
+        assert_eq!(credentials(&HeaderMap::new()).api_key, None);
     }
 
     #[test]

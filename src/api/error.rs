@@ -3,7 +3,7 @@
 //! Code API sends. Server paths and internal errors never reach the body.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -19,6 +19,9 @@ pub struct ErrorBody {
     /// With 429: when to try again (LibreChat reads it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// With coded errors (rate limits, execution profiles): the official Code API's message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug)]
@@ -27,6 +30,16 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub retry_after: Option<u64>,
+    /// Rarely there, so boxed: errors travel in `Result`s everywhere.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// More body fields next to `detail` and `error` (LibreChat's official shapes), and more
+/// response headers.
+#[derive(Debug, Default)]
+pub struct Extra {
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub headers: HeaderMap,
 }
 
 impl ApiError {
@@ -36,7 +49,20 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after: None,
+            extra: None,
         }
+    }
+
+    pub fn with_field(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        let extra = self.extra.get_or_insert_with(Box::default);
+        extra.fields.insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        let extra = self.extra.get_or_insert_with(Box::default);
+        extra.headers.insert(name, value);
+        self
     }
 
     /// 429 with a `Retry-After`.
@@ -151,12 +177,16 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            detail: self.detail,
-            error: self.code.to_owned(),
-            retry_after_seconds: self.retry_after,
-        };
+        let mut body = serde_json::Map::new();
+        body.insert("detail".into(), self.detail.into());
+        body.insert("error".into(), self.code.into());
+        if let Some(seconds) = self.retry_after {
+            body.insert("retry_after_seconds".into(), seconds.into());
+        }
+        let extra = self.extra.map(|e| *e).unwrap_or_default();
+        body.extend(extra.fields);
         let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().extend(extra.headers);
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -24,6 +24,7 @@ use super::wire::download_path;
 use crate::exec::{
     CancelOnDrop, ExecError, ExecEvent, ExecRequest, ExecResult, FileRef, OutputFile, RunHandle,
 };
+use crate::identity::Identity;
 use crate::session::{SessionOwner, Tenant, is_valid_entity_id};
 
 /// What a 429 for busy kernels suggests as a wait: about one short cell.
@@ -142,6 +143,15 @@ pub struct ExecResponse {
     pub wall_time: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact_truncation: Option<ArtifactTruncation>,
+    /// The session whose workspace (and Python kernel) served the run: LibreChat's
+    /// stateful profile echoes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_session_id: Option<String>,
+    /// `reused` when the session's Python kernel, with its variables and imports, ran the
+    /// cell; `new` when nothing in memory carried over (a fresh kernel, also after a
+    /// restart, an eviction, a crash or a server restart; every one-shot language).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_status: Option<String>,
     /// Only when the run could not happen after the answer had started: the error code
     /// the status would otherwise have carried (e.g. `rate_limited`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -211,6 +221,8 @@ impl ExecResponse {
                 total,
                 omitted: total - limit,
             }),
+            runtime_session_id: Some(r.session_id.clone()),
+            runtime_status: Some(r.runtime_status.as_str().to_owned()),
             error: None,
             retry_after_seconds: None,
         }
@@ -246,6 +258,8 @@ impl ExecResponse {
             files: Vec::new(),
             deleted_files: Vec::new(),
             artifact_truncation: None,
+            runtime_session_id: None,
+            runtime_status: None,
             error: Some(err.code.to_owned()),
             retry_after_seconds: err.retry_after,
         }
@@ -324,7 +338,7 @@ pub(super) fn file_refs(files: Option<Vec<FileRefBody>>) -> ApiResult<Vec<FileRe
 /// Check and convert the JSON body. Every mistake gets its own sentence.
 pub fn parse_request(
     state: &AppState,
-    tenant: Tenant,
+    identity: &Identity,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<ExecRequest> {
@@ -374,7 +388,9 @@ pub fn parse_request(
             "'timeout' is in milliseconds and must be at least 1.",
         ));
     }
-    let user_id = label(body.user_id, "user_id")?.or_else(|| {
+    // A JWT's user is the one its signer vouches for; with an API key the client names it.
+    let named_user = label(body.user_id, "user_id")?;
+    let user_id = identity.user_id.clone().or(named_user).or_else(|| {
         label(
             headers
                 .get("user-id")
@@ -392,8 +408,8 @@ pub fn parse_request(
         Some(h) => Some(format!("hint:{h}")),
         None => body.entity_id,
     };
-    Ok(ExecRequest {
-        tenant,
+    let request = ExecRequest {
+        tenant: identity.tenant.clone(),
         lang,
         code,
         args,
@@ -401,8 +417,40 @@ pub fn parse_request(
         owner: SessionOwner { user_id, entity_id },
         files,
         timeout: body.timeout.map(Duration::from_millis),
-    })
+    };
+    admit(state, &request)?;
+    Ok(request)
 }
+
+/// `RATE_LIMIT_EXEC_PER_MINUTE`, in the official Code API's 429 shape.
+fn admit(state: &AppState, request: &ExecRequest) -> ApiResult<()> {
+    let Err(over) = state
+        .exec_rate
+        .check(&request.tenant, request.owner.user_id.as_deref())
+    else {
+        return Ok(());
+    };
+    let seconds = over.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let unit = if seconds == 1 { "second" } else { "seconds" };
+    Err(ApiError::rate_limited(
+        format!(
+            "Too many code runs: each user may start {} per minute (RATE_LIMIT_EXEC_PER_MINUTE). Please retry in {seconds} {unit}.",
+            over.per_minute
+        ),
+        seconds,
+    )
+    .with_field(
+        "message",
+        format!("Too many CodeAPI execution requests. Please retry in {seconds} {unit}."),
+    )
+    .with_header(RATE_LIMIT_LIMIT, HeaderValue::from(over.per_minute))
+    .with_header(RATE_LIMIT_REMAINING, HeaderValue::from(0))
+    .with_header(RATE_LIMIT_RESET, HeaderValue::from(seconds)))
+}
+
+const RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// A file saved from a rich output, as a `display`/`result` frame names it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -507,10 +555,11 @@ impl StreamFrame {
     post, path = "/exec/stream", tag = "exec",
     request_body = ExecBody,
     responses(
-        (status = 200, description = "Server-Sent Events: each frame is `data: <StreamFrame as JSON>`; `: keep-alive` comments every 10 s", content_type = "text/event-stream", body = StreamFrame),
+        (status = 200, description = "Server-Sent Events: each frame is `data: <StreamFrame as JSON>`; `: keep-alive` comments every 2 s", content_type = "text/event-stream", body = StreamFrame),
         (status = 400, description = "Unsupported language or bad arguments", body = ErrorBody),
         (status = 404, description = "An input file is missing", body = ErrorBody),
         (status = 422, description = "Missing or malformed fields", body = ErrorBody),
+        (status = 429, description = "Over RATE_LIMIT_EXEC_PER_MINUTE, or every Python kernel busy", body = ErrorBody),
         (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
         (status = 507, description = "DATA_DIR is below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
@@ -518,11 +567,11 @@ impl StreamFrame {
 )]
 pub async fn exec_stream(
     State(state): State<AppState>,
-    Extension(tenant): Extension<Tenant>,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>> {
-    let request = parse_request(&state, tenant, &headers, body)?;
+    let request = parse_request(&state, &identity, &headers, body)?;
     let started = state.exec.start(request).await?;
     let session_id = started.session_id;
     let first =
@@ -571,7 +620,7 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
         (status = 404, description = "An input file is missing", body = ErrorBody),
         (status = 413, description = "Code over MAX_CODE_BYTES", body = ErrorBody),
         (status = 422, description = "Missing or malformed fields", body = ErrorBody),
-        (status = 429, description = "Every Python kernel busy (when QUEUE_WAIT_SECONDS is under 2 s)", body = ErrorBody),
+        (status = 429, description = "Over RATE_LIMIT_EXEC_PER_MINUTE, or every Python kernel busy and QUEUE_WAIT_SECONDS under 2 s", body = ErrorBody),
         (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
         (status = 507, description = "DATA_DIR is below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
@@ -579,11 +628,11 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 )]
 pub async fn exec(
     State(state): State<AppState>,
-    Extension(tenant): Extension<Tenant>,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request = match parse_request(&state, tenant, &headers, body) {
+    let request = match parse_request(&state, &identity, &headers, body) {
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };

@@ -30,7 +30,6 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::Instrument;
 
-pub use auth::Auth;
 use error::ApiError;
 pub use openapi::document as openapi_json;
 
@@ -47,7 +46,9 @@ pub struct AppState {
     pub exec: Arc<ExecService>,
     pub sandbox: Isolation,
     pub readiness: Arc<crate::readiness::Readiness>,
-    pub auth: Arc<Auth>,
+    pub auth: Arc<crate::identity::Authenticator>,
+    /// `RATE_LIMIT_EXEC_PER_MINUTE`, per (tenant, user).
+    pub exec_rate: Arc<crate::rate_limit::ExecRateLimit>,
     pub started: Instant,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Cancelled when the server stops, to end long-lived streams (MCP's SSE) that would
@@ -59,7 +60,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const PROFILE: HeaderName = HeaderName::from_static("x-codeapi-execution-profile");
 const EXPECTED_PROFILE: HeaderName = HeaderName::from_static("x-codeapi-expected-profile");
 
-/// Routes that need a key (when keys are configured).
+/// Routes that need credentials (when keys or JWT keys are configured).
 fn protected_routes(state: &AppState) -> Router<AppState> {
     let uploads = Router::new()
         .route("/upload", post(files::upload))
@@ -107,7 +108,7 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
         .route("/libraries", get(system::libraries))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_key,
+            auth::require_identity,
         ))
 }
 
@@ -166,23 +167,44 @@ async fn execution_profile(
     next: Next,
 ) -> Response {
     let ours = state.settings.execution_profile.as_str();
-    let expected = request
-        .headers()
-        .get(EXPECTED_PROFILE)
-        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+    // Exactly as LibreChat's official Code API: case-sensitive, and a repeated header
+    // reads as its values joined by commas (so it is never a valid profile).
+    let values = request.headers().get_all(EXPECTED_PROFILE);
+    let expected = (values.iter().count() > 0).then(|| {
+        values
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let refusal = |status, code, detail: String, message: String, expected: &str| {
+        ApiError::new(status, code, detail)
+            .with_field("message", message)
+            .with_field("expected_profile", expected)
+            .with_field("actual_profile", ours)
+            .into_response()
+    };
     let mut response = match expected.as_deref() {
         None => next.run(request).await,
         Some(e) if e == ours => next.run(request).await,
-        Some(e @ ("default" | "stateful")) => ApiError::new(
+        Some(e @ ("default" | "stateful")) => refusal(
             StatusCode::CONFLICT,
             "execution_profile_mismatch",
-            format!("Expected the {e} execution profile, but this server runs the {ours} profile."),
-        )
-        .into_response(),
-        Some(_) => {
-            ApiError::bad_request("X-CodeAPI-Expected-Profile must be 'default' or 'stateful'.")
-                .into_response()
-        }
+            format!(
+                "Expected the {e} execution profile, but reached {ours}: this server runs the {ours} profile (EXECUTION_PROFILE); send {e} requests to a server that runs it."
+            ),
+            format!("Expected the {e} execution profile, but reached {ours}"),
+            e,
+        ),
+        Some(e) => refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid_execution_profile",
+            format!(
+                "Invalid execution profile: {e}; X-CodeAPI-Expected-Profile must be 'default' or 'stateful'."
+            ),
+            format!("Invalid execution profile: {e}"),
+            e,
+        ),
     };
     response
         .headers_mut()

@@ -108,15 +108,15 @@ impl Modify for SecuritySchemes {
                 "One of the server's API keys (CODE_INTERPRETER_API_KEY or CODE_INTERPRETER_API_KEYS).",
             ))),
         );
-        // When JWT verification is added, LibreChat's token travels in this same header:
-        // give this scheme its `bearer_format` and description here, not a second scheme.
+        // An API key or LibreChat's JWT: both travel in this one header.
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("API key or JWT")
                     .description(Some(
-                        "`Authorization: Bearer <API key>`, used when `x-api-key` is absent.",
+                        "`Authorization: Bearer <API key>`, or a JWT signed by LibreChat (EdDSA or RS256; CODEAPI_JWT_PUBLIC_KEY or CODEAPI_JWT_JWKS_JSON), used when `x-api-key` is absent.",
                     ))
                     .build(),
             ),

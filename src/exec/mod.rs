@@ -237,6 +237,28 @@ pub struct ExecResult {
     pub deleted_files: Vec<String>,
     /// (limit, total) when more files were made than are reported.
     pub truncated_files: Option<(usize, usize)>,
+    /// Whether the run continued the session's live state (LibreChat's `runtime_status`).
+    pub runtime_status: RuntimeStatus,
+}
+
+/// Whether a run found the session's in-memory state from earlier calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeStatus {
+    /// Nothing in memory carried over: a fresh Python kernel (the first call, or after a
+    /// restart, an eviction, a crash, an idle shutdown or a server restart), and every run
+    /// of a one-shot language. Only the files in `/mnt/data` are there.
+    New,
+    /// The session's Python kernel, with its variables and imports, ran the cell.
+    Reused,
+}
+
+impl RuntimeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeStatus::New => "new",
+            RuntimeStatus::Reused => "reused",
+        }
+    }
 }
 
 /// What a run reports while it goes.
@@ -528,6 +550,7 @@ impl ExecService {
                     files: Vec::new(),
                     deleted_files: Vec::new(),
                     truncated_files: None,
+                    runtime_status: RuntimeStatus::New,
                 }
             });
             let _ = tx.send(ExecEvent::Done(Box::new(done))).await;
@@ -823,13 +846,15 @@ impl ExecService {
                 }
             }
         };
+        let mut runtime_status = RuntimeStatus::New;
         let execute = async {
             let _ran = ran.clone().drop_guard();
             let cancel = &disk_stop;
             let outcome = match language {
                 Language::Python => {
                     let had_kernel = self.store.note_kernel(&session.id).await?;
-                    self.python
+                    let cell = self
+                        .python
                         .execute(
                             &session.id,
                             had_kernel,
@@ -841,7 +866,13 @@ impl ExecService {
                             &run_tx,
                         )
                         .await
-                        .map_err(ExecError::from)
+                        .map_err(ExecError::from);
+                    cell.map(|(outcome, fresh)| {
+                        if !fresh {
+                            runtime_status = RuntimeStatus::Reused;
+                        }
+                        outcome
+                    })
                 }
                 _ => self
                     .process
@@ -913,6 +944,7 @@ impl ExecService {
             files,
             deleted_files,
             truncated_files,
+            runtime_status,
         })
     }
 
@@ -1022,6 +1054,7 @@ fn cancelled_before_start(
         files: Vec::new(),
         deleted_files: Vec::new(),
         truncated_files: None,
+        runtime_status: RuntimeStatus::New,
     }
 }
 

@@ -383,11 +383,11 @@ impl PythonRuntime {
         self: &Arc<Self>,
         session_id: &str,
         workspace: &Path,
-    ) -> Result<Arc<LiveKernel>, PythonError> {
+    ) -> Result<(Arc<LiveKernel>, bool), PythonError> {
         let existing = lock(&self.live).get(session_id).cloned();
         if let Some(k) = existing {
             if k.kernel.is_alive() {
-                return Ok(k);
+                return Ok((k, false));
             }
             lock(&self.live).remove(session_id);
             let reason = match k.kernel.broken_reason() {
@@ -429,11 +429,12 @@ impl PythonRuntime {
             argv: Mutex::default(),
         });
         lock(&self.live).insert(session_id.to_owned(), Arc::clone(&live));
-        Ok(live)
+        Ok((live, true))
     }
 
     /// Run a cell in the session's kernel (started or claimed as needed). `had_kernel` says
-    /// the session had a kernel before, perhaps in a server process that is gone.
+    /// the session had a kernel before, perhaps in a server process that is gone. Also says
+    /// whether the kernel was started for this cell (nothing of the session's state in it).
     #[allow(clippy::too_many_arguments)]
     pub async fn execute(
         self: &Arc<Self>,
@@ -445,7 +446,7 @@ impl PythonRuntime {
         timeout: Duration,
         cancel: &CancellationToken,
         events: &mpsc::Sender<RunEvent>,
-    ) -> Result<RunOutcome, PythonError> {
+    ) -> Result<(RunOutcome, bool), PythonError> {
         let started = Instant::now();
         let first_here = lock(&self.seen).insert(session_id.to_owned());
         if had_kernel && first_here {
@@ -453,7 +454,7 @@ impl PythonRuntime {
                 .entry(session_id.to_owned())
                 .or_insert("the server restarted since its last call");
         }
-        let live = self.kernel_for(session_id, workspace).await?;
+        let (live, fresh) = self.kernel_for(session_id, workspace).await?;
         live.busy.store(true, Ordering::SeqCst);
         let _idle_again = scopeguard(&live);
         let lost_before = lock(&self.lost).remove(session_id);
@@ -622,7 +623,7 @@ impl PythonRuntime {
         } else {
             status
         };
-        Ok(RunOutcome {
+        let outcome = RunOutcome {
             status,
             exit_code,
             signal: None,
@@ -630,7 +631,8 @@ impl PythonRuntime {
             wall_time: started.elapsed(),
             cpu_time,
             peak_memory,
-        })
+        };
+        Ok((outcome, fresh))
     }
 
     /// Interrupt the session's running cell; false when it has no live kernel.
