@@ -305,6 +305,16 @@ async fn a_runtime_session_hint_keeps_one_kernel_per_tenant_user_and_hint() {
     assert_eq!(other["stdout"], "False\n", "{other}");
     assert_eq!(other["runtime_status"], "new");
     assert_ne!(other["session_id"], first["session_id"]);
+    // A JWT's user is its `sub`: naming another user in the body reaches nobody else's kernel.
+    let (_, claimed) = exec_with_token(
+        server,
+        &ed_token(&claims("user-2", "acme")),
+        json!({"lang": "py", "code": "print('x' in dir())", "user_id": "user-1",
+               "runtime_session_hint": "conversation-7"}),
+    )
+    .await;
+    assert_eq!(claimed["stdout"], "False\n", "{claimed}");
+    assert_eq!(claimed["session_id"], other["session_id"]);
     // After a restart the state is gone, and the answer says so.
     let sid = first["session_id"].as_str().unwrap();
     let r = server

@@ -388,9 +388,7 @@ pub fn parse_request(
             "'timeout' is in milliseconds and must be at least 1.",
         ));
     }
-    // A JWT's user is the one its signer vouches for; with an API key the client names it.
-    let named_user = label(body.user_id, "user_id")?;
-    let user_id = identity.user_id.clone().or(named_user).or_else(|| {
+    let named_user = label(body.user_id, "user_id")?.or_else(|| {
         label(
             headers
                 .get("user-id")
@@ -401,6 +399,7 @@ pub fn parse_request(
         .ok()
         .flatten()
     });
+    let user_id = identity.user(named_user);
     let hint = label(body.runtime_session_hint, "runtime_session_hint")?;
     let files = file_refs(body.files)?;
     // A stateful hint maps to a session like an entity does, keyed apart from entities.

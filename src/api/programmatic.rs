@@ -26,7 +26,8 @@ use crate::exec::{
     CancelOutcome, ExecResult, Principal, ProgramError, ProgramLanguage, ProgramRequest, Step,
     ToolResult, ToolSpec,
 };
-use crate::session::{SessionOwner, Tenant, is_valid_entity_id};
+use crate::identity::Identity;
+use crate::session::{SessionOwner, is_valid_entity_id};
 
 /// The header LibreChat sends with each request it may cancel.
 const REQUEST_ID: &str = "x-librechat-code-request-id";
@@ -359,9 +360,18 @@ fn tool_results(value: Value) -> Result<Vec<ToolResult>, Refusal> {
         .collect()
 }
 
+/// Who may continue or cancel a run: the tenant and the user the credentials vouch for
+/// (a JWT's `sub`; an API key names none), never a user a body names.
+fn principal_of(identity: &Identity) -> Principal {
+    Principal {
+        tenant: identity.tenant.clone(),
+        user: identity.user_id.clone(),
+    }
+}
+
 fn program_request(
     state: &AppState,
-    principal: Principal,
+    identity: &Identity,
     headers: &HeaderMap,
     body: ProgramBody,
     language: ProgramLanguage,
@@ -402,7 +412,7 @@ fn program_request(
             "entity_id must be 1 to 40 characters of A-Z, a-z, 0-9, '_' and '-'",
         ));
     }
-    let user_id = label(body.user_id, "user_id")
+    let named_user = label(body.user_id, "user_id")
         .map_err(Refusal::Api)?
         .or_else(|| {
             headers
@@ -410,6 +420,7 @@ fn program_request(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| label(Some(v.to_owned()), "User-Id").ok().flatten())
         });
+    let user_id = identity.user(named_user);
     let hint = label(body.runtime_session_hint, "runtime_session_hint").map_err(Refusal::Api)?;
     let entity_id = match hint {
         Some(h) => Some(format!("hint:{h}")),
@@ -417,7 +428,7 @@ fn program_request(
     };
     let _ = state;
     Ok(ProgramRequest {
-        principal,
+        principal: principal_of(identity),
         language,
         code,
         tools,
@@ -455,12 +466,11 @@ fn program_request(
 )]
 pub async fn programmatic(
     State(state): State<AppState>,
-    Extension(tenant): Extension<Tenant>,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    // API keys name no user: their tenant is the whole principal.
-    let principal = Principal { tenant, user: None };
+    let principal = principal_of(&identity);
     let refused = async {
         let request_id = request_id(&headers)?;
         let mut body = body_of(&state, body)?;
@@ -478,7 +488,7 @@ pub async fn programmatic(
                 }
                 None => {
                     let req =
-                        program_request(&state, principal, &headers, body, language, request_id)?;
+                        program_request(&state, &identity, &headers, body, language, request_id)?;
                     Box::pin(async move { exec.start_program(req).await })
                 }
             };
@@ -557,7 +567,7 @@ pub struct CancelResponse {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    Extension(tenant): Extension<Tenant>,
+    Extension(identity): Extension<Identity>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let id = body
@@ -568,8 +578,7 @@ pub async fn cancel(
     let Some(id) = id else {
         return Refusal::bad("Invalid or missing request_id").into_response();
     };
-    let principal = Principal { tenant, user: None };
-    match state.exec.cancel_program(&principal, &id) {
+    match state.exec.cancel_program(&principal_of(&identity), &id) {
         CancelOutcome::Requested => (
             StatusCode::ACCEPTED,
             Json(CancelResponse {

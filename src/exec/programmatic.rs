@@ -1537,6 +1537,7 @@ fn lost_result(session_id: &str) -> ExecResult {
         files: Vec::new(),
         deleted_files: Vec::new(),
         truncated_files: None,
+        runtime_status: super::RuntimeStatus::New,
     }
 }
 

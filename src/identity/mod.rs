@@ -51,6 +51,14 @@ impl Identity {
             user_id: None,
         }
     }
+
+    /// The user a request acts for: the one its credentials vouch for (a JWT's `sub`),
+    /// whatever the client claims; with an API key, the one the client names (`user_id`,
+    /// `User-Id`), if any. Sessions kept per user (`runtime_session_hint`, `entity_id`)
+    /// and the exec rate limit are keyed by it.
+    pub fn user(&self, claimed: Option<String>) -> Option<String> {
+        self.user_id.clone().or(claimed)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
