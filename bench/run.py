@@ -401,7 +401,7 @@ class Ctx:
 
     def sandbox_path(self) -> str:
         """The PATH the server gives sandboxed code, to resolve the same binaries."""
-        return f"{self.runtime_dir}/python/bin:/usr/local/go/bin:/usr/local/bin:/usr/bin:/bin"
+        return f"{self.runtime_dir}/python/bin:{self.runtime_dir}/go/bin:/usr/local/bin:/usr/bin:/bin"
 
     def wait_pool_full(self, timeout: float = 30.0) -> str:
         """Wait until /health reports a full kernel pool (KERNEL_POOL_SIZE, default 2), so
@@ -713,9 +713,9 @@ def compiled_scenario(name: str, lang: str, label: str, template: str) -> None:
             counter[0] += 1
             return template.replace("@TAG@", f"{ctx.nonce} {counter[0]}")
 
-        # The very first build on a fresh DATA_DIR also fills the toolchain's own caches
-        # (for Go: the standard library in GOCACHE); recorded apart, it is no "first" of a
-        # warm server.
+        # The very first build on a fresh DATA_DIR also prepares the toolchain's own caches
+        # (for Go: GOCACHE seeded with the bootstrap's precompiled standard library);
+        # recorded apart, it is no "first" of a warm server.
         cold, j = ctx.api.exec(lang, source(), expect_stdout="hello\n")
         sid = j["session_id"]
         res.add(f"first build ever on a fresh DATA_DIR ({label})", [cold], role="detail")
@@ -1778,7 +1778,7 @@ def machine_info(runtime_dir: str) -> dict:
     except OSError:
         info["os"] = "?"
     info["user"] = "root" if os.geteuid() == 0 else str(os.geteuid())
-    go = shutil.which("go", path=f"/usr/local/go/bin:{os.environ.get('PATH', '')}") or "go"
+    go = shutil.which("go", path=f"{runtime_dir}/go/bin:{os.environ.get('PATH', '')}") or "go"
     py = f"{runtime_dir}/python/bin/python"
     tools = {
         "bwrap": first_line(["bwrap", "--version"]),

@@ -30,6 +30,12 @@ pub enum Command {
     /// Ask the server on `PORT` whether it is ready (`/health?ready=1`); exit 0 when it is.
     /// The container image's health check.
     Healthcheck,
+    /// List the languages this build runs: names, aliases, how each runs, its Debian packages.
+    Languages {
+        /// One JSON array, for tools.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

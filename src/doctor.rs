@@ -1,10 +1,15 @@
 //! `code-interpreter doctor`: what this machine offers, as a table, and whether the server
-//! can run here at all (non-zero exit when something required is missing).
+//! can run here at all (non-zero exit when something required is missing). Every language
+//! of the registry is checked the way the server sees it: its version probe, in a sandbox.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::sandbox::probe;
+use crate::runtime::Language;
+use crate::runtime::languages::Recipe;
+use crate::runtime::process::ProcessRuntime;
+use crate::sandbox::{Sandbox, probe};
 
 struct Check {
     component: &'static str,
@@ -12,20 +17,18 @@ struct Check {
     outcome: Result<String, String>,
 }
 
-fn version_of(program: &str, args: &[&str]) -> Result<String, String> {
-    probe::first_line_of(program, args).ok_or_else(|| format!("{program} not found on PATH"))
+/// A sandbox made the way the server makes them, for the checks that run something.
+struct Probe {
+    sandbox: Arc<Sandbox>,
+    runtime: tokio::runtime::Runtime,
+    state: tempfile::TempDir,
 }
 
 fn checks(settings: &Settings) -> Vec<Check> {
     let python = settings.runtime_dir.join("python/bin/python");
-    let esbuild = settings.runtime_dir.join("node/node_modules/.bin/esbuild");
-    let path_str = |p: &Path| p.to_string_lossy().into_owned();
-    let in_runtime_dir = |p: &Path, args: &[&str]| {
-        probe::first_line_of(&path_str(p), args)
-            .ok_or_else(|| format!("missing at {}; run scripts/bootstrap", p.display()))
-    };
     let layout = probe::cgroup_layout(Path::new("/sys/fs/cgroup"));
-    vec![
+    let probe = start_probe(settings);
+    let mut checks = vec![
         Check {
             component: "bubblewrap",
             required: true,
@@ -41,7 +44,10 @@ fn checks(settings: &Settings) -> Vec<Check> {
         Check {
             component: "sandbox",
             required: true,
-            outcome: launch_sandbox(settings),
+            outcome: probe
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|p| launch_sandbox(p, settings)),
         },
         Check {
             component: "cgroups",
@@ -56,70 +62,64 @@ fn checks(settings: &Settings) -> Vec<Check> {
             },
         },
         Check {
-            component: "python",
-            required: true,
-            outcome: in_runtime_dir(&python, &["--version"]),
-        },
-        Check {
             component: "ipykernel",
             required: true,
-            outcome: in_runtime_dir(
-                &python,
+            outcome: probe::first_line_of(
+                &python.to_string_lossy(),
                 &["-c", "import ipykernel; print(ipykernel.__version__)"],
-            ),
+            )
+            .ok_or_else(|| format!("missing at {}; run scripts/bootstrap", python.display())),
         },
-        Check {
-            component: "bash",
-            required: true,
-            outcome: version_of("bash", &["--version"]),
-        },
-        Check {
-            component: "node",
-            required: false,
-            outcome: version_of("node", &["--version"]),
-        },
-        Check {
-            component: "esbuild",
-            required: false,
-            outcome: in_runtime_dir(&esbuild, &["--version"]),
-        },
-        Check {
-            component: "go",
-            required: false,
-            outcome: version_of("go", &["version"]),
-        },
-        Check {
-            component: "gcc",
-            required: false,
-            outcome: version_of("gcc", &["--version"]),
-        },
-        Check {
-            component: "g++",
-            required: false,
-            outcome: version_of("g++", &["--version"]),
-        },
-        Check {
-            component: "rustc",
-            required: false,
-            outcome: version_of("/usr/bin/rustc", &["--version"]),
-        },
-        Check {
-            component: "javac",
-            required: false,
-            outcome: version_of("javac", &["-version"]),
-        },
-    ]
+    ];
+    checks.extend(language_checks(probe.as_ref().ok(), settings));
+    checks
 }
 
-/// Start a real sandbox the way runs do (same launcher, limits and filter) and run `true`.
-fn launch_sandbox(settings: &Settings) -> Result<String, String> {
+/// Every registry language, asked for its version inside a sandbox, as the server asks.
+fn language_checks(probe: Option<&Probe>, settings: &Settings) -> Vec<Check> {
+    let process = probe.and_then(|p| {
+        ProcessRuntime::new(
+            Arc::clone(&p.sandbox),
+            settings.runtime_dir.clone(),
+            &p.state.path().join("data"),
+            Default::default(),
+        )
+        .ok()
+        .map(|r| (p, r))
+    });
+    Language::all()
+        .map(|language| {
+            let spec = language.spec();
+            let outcome = match &process {
+                None => Err("not checked: no sandbox could be started".to_owned()),
+                Some((p, runtime)) => p
+                    .runtime
+                    .block_on(runtime.version(language))
+                    .map_err(|_| match spec.packages {
+                        [] => "not available in the sandbox; run scripts/bootstrap".to_owned(),
+                        packages => format!(
+                            "not available in the sandbox; scripts/bootstrap installs it (Debian: {})",
+                            packages.join(" ")
+                        ),
+                    }),
+            };
+            Check {
+                component: spec.name,
+                required: spec.required,
+                outcome,
+            }
+        })
+        .collect()
+}
+
+fn start_probe(settings: &Settings) -> Result<Probe, String> {
     let state = tempfile::tempdir().map_err(|e| e.to_string())?;
     std::fs::set_permissions(
         state.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .map_err(|e| e.to_string())?;
-    let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxOptions {
+    let sandbox = Sandbox::new(crate::sandbox::SandboxOptions {
         mode: settings.sandbox,
         network: false,
         tmp_bytes: 16 * 1024 * 1024,
@@ -133,7 +133,17 @@ fn launch_sandbox(settings: &Settings) -> Result<String, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(sandbox.self_test("doctor"))?;
+    Ok(Probe {
+        sandbox: Arc::new(sandbox),
+        runtime,
+        state,
+    })
+}
+
+/// Start a real sandbox the way runs do (same launcher, limits and filter) and check it.
+fn launch_sandbox(probe: &Probe, settings: &Settings) -> Result<String, String> {
+    let sandbox = &probe.sandbox;
+    probe.runtime.block_on(sandbox.self_test("doctor"))?;
     let iso = sandbox.isolation();
     Ok(format!(
         "{}{}, cgroup limits {}, seccomp {}, network {}",
@@ -153,6 +163,47 @@ fn launch_sandbox(settings: &Settings) -> Result<String, String> {
             "none"
         },
     ))
+}
+
+/// `code-interpreter languages`: the registry as a table, or as JSON for tools.
+pub fn list_languages(json: bool) -> String {
+    let specs = crate::runtime::languages::LANGUAGES;
+    if json {
+        let list: Vec<serde_json::Value> = specs
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "aliases": s.aliases,
+                    "compat_aliases": s.compat_aliases,
+                    "stateful": s.recipe == Recipe::Kernel,
+                    "compiled": s.compiled(),
+                    "doc": s.doc,
+                    "packages": s.packages,
+                })
+            })
+            .collect();
+        return format!("{}\n", serde_json::Value::Array(list));
+    }
+    let mut out = format!(
+        "{:<12} {:<16} {:<12} {}\n",
+        "language", "aliases", "runs as", "Debian packages"
+    );
+    for s in specs {
+        let runs = match s.recipe {
+            Recipe::Kernel => "kernel",
+            Recipe::Interpret { .. } => "interpreted",
+            Recipe::Compile { .. } => "compiled",
+        };
+        out.push_str(&format!(
+            "{:<12} {:<16} {:<12} {}\n",
+            s.name,
+            s.aliases.join(", "),
+            runs,
+            s.packages.join(" ")
+        ));
+    }
+    out
 }
 
 /// Print the table; the exit code is 0 only when every required part is present.

@@ -68,6 +68,10 @@ fn main() {
             Ok(())
         }
         Command::Healthcheck => std::process::exit(healthcheck::run(&cli.settings)),
+        Command::Languages { json } => {
+            print!("{}", doctor::list_languages(json));
+            Ok(())
+        }
     };
     let code = match outcome {
         Ok(()) => 0,
@@ -253,7 +257,9 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         Arc::clone(&sandbox),
         settings.runtime_dir.clone(),
         &data_dir,
-        settings.bash_strict_mode,
+        runtime::languages::SourceOptions {
+            bash_strict: settings.bash_strict_mode,
+        },
     )
     .context("the runtime cache under DATA_DIR cannot be set up")?;
     let process = Arc::new(process);

@@ -14,74 +14,32 @@ async fn run(server: &TestServer, lang: &str, code: &str) -> Value {
     body
 }
 
-fn cache_entries(server: &TestServer) -> Vec<(String, std::time::SystemTime)> {
-    let mut v: Vec<_> = std::fs::read_dir(server.data_dir.join("cache/build"))
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            let marker = e.path().join(".ok");
-            let mtime = std::fs::metadata(&marker)
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::UNIX_EPOCH);
-            (e.file_name().to_string_lossy().into_owned(), mtime)
-        })
-        .collect();
-    v.sort();
-    v
-}
+// Hello world, files, errors and the build cache of every language are in tests/languages.rs.
 
 #[tokio::test]
-async fn hello_world_and_exit_codes_in_the_interpreted_languages() {
+async fn exit_codes_pass_through_and_output_is_exact() {
     let server = TestServer::start(&[]).await;
-    let cases = [
-        (
-            "bash",
-            "echo hello from bash; echo oops >&2",
-            "hello from bash\n",
-            "oops\n",
-        ),
-        (
-            "sh",
-            "echo hello from sh; echo oops >&2",
-            "hello from sh\n",
-            "oops\n",
-        ),
+    for (lang, code, out, err) in [
+        ("bash", "echo out; echo oops >&2", "out\n", "oops\n"),
         (
             "py",
-            "import sys\nprint('hello from python')\nprint('oops', file=sys.stderr)",
-            "hello from python\n",
-            "oops\n",
-        ),
-        (
-            "js",
-            "console.log('hello from node'); console.error('oops')",
-            "hello from node\n",
+            "import sys\nprint('out')\nprint('oops', file=sys.stderr)",
+            "out\n",
             "oops\n",
         ),
         (
             "ts",
-            "const n: number = 42;\nconsole.log(`hello from ts ${n}`);\nconsole.error('oops')",
-            "hello from ts 42\n",
+            "console.log('out'); console.error('oops')",
+            "out\n",
             "oops\n",
         ),
-    ];
-    for (lang, code, out, err) in cases {
+    ] {
         let body = run(&server, lang, code).await;
         assert_eq!(body["stdout"], out, "{lang}: {body}");
         assert_eq!(body["stderr"], err, "{lang}: {body}");
-        assert_eq!(body["run"]["status"], "success", "{lang}");
         assert_eq!(body["run"]["code"], 0);
         assert_eq!(body["code"], 0);
         assert_eq!(body["run"]["output"], format!("{out}{err}"));
-        assert!(
-            body["version"]
-                .as_str()
-                .unwrap()
-                .chars()
-                .next()
-                .unwrap()
-                .is_ascii_alphanumeric()
-        );
         assert_eq!(body["session_id"].as_str().unwrap().len(), 21);
         assert!(body["run"]["wall_time"].as_f64().unwrap() > 0.0);
     }
@@ -91,6 +49,11 @@ async fn hello_world_and_exit_codes_in_the_interpreted_languages() {
         ("py", "import sys; sys.exit(3)"),
         ("js", "process.exit(3)"),
         ("ts", "process.exit(3 as number)"),
+        ("c", "int main(void) { return 3; }"),
+        (
+            "go",
+            "package main\nimport \"os\"\nfunc main() { os.Exit(3) }",
+        ),
     ] {
         let body = run(&server, lang, code).await;
         assert_eq!(body["run"]["status"], "error", "{lang}: {body}");
@@ -102,88 +65,6 @@ async fn hello_world_and_exit_codes_in_the_interpreted_languages() {
     assert_eq!(body["run"]["code"], 1);
     let body = run(&server, "bash", "#!/bin/bash\nfalse\necho not reached").await;
     assert_eq!(body["stdout"], "");
-}
-
-#[tokio::test]
-async fn compiled_languages_run_report_errors_and_are_served_from_the_cache() {
-    let server = TestServer::start(&[]).await;
-    let programs = [
-        (
-            "go",
-            "package main\nimport (\"fmt\"; \"os\")\nfunc main() { fmt.Println(\"go\", len(os.Args)-1); os.Exit(4) }",
-        ),
-        (
-            "c",
-            "#include <stdio.h>\nint main(int c, char** v) { printf(\"c %d\\n\", c - 1); return 4; }",
-        ),
-        (
-            "cpp",
-            "#include <iostream>\nint main(int c, char** v) { std::cout << \"cpp \" << c - 1 << std::endl; return 4; }",
-        ),
-        (
-            "rs",
-            "fn main() { println!(\"rust {}\", std::env::args().count() - 1); std::process::exit(4); }",
-        ),
-        (
-            "java",
-            "public class Greeter { public static void main(String[] a) { System.out.println(\"java \" + a.length); System.exit(4); } }",
-        ),
-    ];
-    for (lang, code) in programs {
-        let body_first = {
-            let (status, body) = exec(
-                &server,
-                KEY_A,
-                json!({"lang": lang, "code": code, "args": ["x y", "z"]}),
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK);
-            body
-        };
-        let prefix = match lang {
-            "rs" => "rust",
-            other => other,
-        };
-        assert_eq!(
-            body_first["stdout"],
-            format!("{prefix} 2\n"),
-            "{lang}: {body_first}"
-        );
-        assert_eq!(body_first["run"]["code"], 4, "{lang}");
-        assert_eq!(body_first["run"]["status"], "error");
-
-        let before = cache_entries(&server);
-        let (_, again) = exec(
-            &server,
-            KEY_A,
-            json!({"lang": lang, "code": code, "args": ["x y", "z"]}),
-        )
-        .await;
-        assert_eq!(again["stdout"], body_first["stdout"]);
-        assert_eq!(cache_entries(&server), before, "{lang} was rebuilt");
-    }
-    // Build caches never appear as session files.
-    let body = run(&server, "c", "int main(){return 0;}").await;
-    assert_eq!(body["files"], json!([]));
-
-    for (lang, code, needle) in [
-        (
-            "c",
-            "int main() { return undefined_name; }",
-            "undefined_name",
-        ),
-        ("go", "package main\nfunc main() { x := }", "main.go"),
-        ("cpp", "int main() { std::cout << 1; }", "cout"),
-    ] {
-        let body = run(&server, lang, code).await;
-        assert_eq!(body["run"]["status"], "error", "{lang}");
-        assert_eq!(body["stdout"], "");
-        assert!(
-            body["stderr"].as_str().unwrap().contains(needle),
-            "{lang}: {body}"
-        );
-        assert!(body["run"]["message"].as_str().unwrap().contains("compile"));
-    }
 }
 
 #[tokio::test]
@@ -470,13 +351,13 @@ async fn bad_exec_requests_get_clear_4xx_answers() {
     let (status, body) = exec(
         &server,
         KEY_A,
-        json!({"lang": "php", "code": "<?php echo 1;"}),
+        json!({"lang": "cobol", "code": "DISPLAY 1."}),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let detail = body["detail"].as_str().unwrap();
     assert!(
-        detail.starts_with("Unsupported language 'php'") && detail.contains("python"),
+        detail.starts_with("Unsupported language 'cobol'") && detail.contains("python"),
         "{detail}"
     );
     let (status, _) = exec(&server, KEY_A, json!({"code": "print(1)"})).await;

@@ -500,9 +500,9 @@ fn doctor_prints_a_table_of_the_machine() {
         "namespaces",
         "cgroups",
         "python",
-        "node",
+        "javascript",
         "go",
-        "g++",
+        "cpp",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(row)),

@@ -56,8 +56,8 @@ pub struct FileRefBody {
 pub struct ExecBody {
     /// The source code.
     pub code: Option<String>,
-    /// `py`/`python`, `bash`, `sh`, `js`/`javascript`/`node`, `ts`/`typescript`, `go`, `c`,
-    /// `cpp`/`c++`, `rs`/`rust`, `java` (case-insensitive).
+    // Its schema lists the registry's languages (`lang_schema`).
+    #[schema(schema_with = lang_schema)]
     pub lang: Option<String>,
     pub args: Option<ArgsField>,
     /// Reuse this session (when it is yours); otherwise a new one is made.
@@ -70,6 +70,18 @@ pub struct ExecBody {
     pub timeout: Option<u64>,
     /// LibreChat's stateful profile: runs with the same hint share a session.
     pub runtime_session_hint: Option<String>,
+}
+
+/// `lang`: a string naming one of the registry's languages.
+fn lang_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(format!(
+            "The language of `code`, case-insensitive: {}.",
+            crate::runtime::supported()
+        )))
+        .examples(["py", "bash"])
+        .build()
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -157,8 +157,7 @@ pub async fn health(
         .map(|(l, v)| (l.name().to_owned(), v))
         .collect();
     let probed = readiness.runtimes_probed();
-    let runtime_states = Language::ALL
-        .iter()
+    let runtime_states = Language::all()
         .map(|l| {
             let state = match (versions.contains_key(l.name()), probed) {
                 (true, _) => "available",
@@ -286,10 +285,10 @@ pub async fn libraries(
         Some(name) => vec![Language::parse(name).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "Unknown runtime '{name}'; supported: {}.",
-                crate::runtime::SUPPORTED
+                crate::runtime::supported()
             ))
         })?],
-        None => Language::ALL.to_vec(),
+        None => Language::all().collect(),
     };
     let mut out = Vec::with_capacity(languages.len());
     for language in languages {

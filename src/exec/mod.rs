@@ -284,7 +284,7 @@ pub enum ExecEvent {
 pub enum ExecError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("Unsupported language '{}'; supported: {}.", .0.escape_debug(), runtime::SUPPORTED)]
+    #[error("Unsupported language '{}'; supported: {}.", .0.escape_debug(), runtime::supported())]
     UnsupportedLanguage(String),
     #[error("'code' is {size} bytes; the limit is {limit} bytes (MAX_CODE_BYTES).")]
     CodeTooLarge { size: usize, limit: u64 },
@@ -496,11 +496,11 @@ impl ExecService {
         self.settings.disk_floor().check(0)?;
         let inputs = self.resolve_inputs(&req).await?;
         let session = self.resolve_session(&req).await?;
-        if language == Language::Python {
+        if language == Language::PYTHON {
             self.python.check_room(&session.id).await?;
         }
         let (tx, mut rx) = mpsc::channel(256);
-        if language == Language::Python {
+        if language == Language::PYTHON {
             let shown = extras.shown_code.as_deref().unwrap_or(&req.code);
             rx = self.notebooks.record(&session.id, shown, rx);
         }
@@ -593,7 +593,7 @@ impl ExecService {
             .get(session_id)
             .map(|r| (r.language, r.token.clone()));
         Ok(match running {
-            Some((Language::Python, _)) => self.python.interrupt(session_id).await,
+            Some((Language::PYTHON, _)) => self.python.interrupt(session_id).await,
             Some((_, token)) => {
                 token.cancel();
                 true
@@ -851,7 +851,7 @@ impl ExecService {
             let _ran = ran.clone().drop_guard();
             let cancel = &disk_stop;
             let outcome = match language {
-                Language::Python => {
+                Language::PYTHON => {
                     let had_kernel = self.store.note_kernel(&session.id).await?;
                     let cell = self
                         .python

@@ -600,17 +600,17 @@ impl McpServer {
         let runtimes = self.backend.exec.runtimes();
         let settings = &self.backend.settings;
         let mut languages = Vec::new();
-        for language in Language::ALL {
+        for language in Language::all() {
             if let Ok(version) = runtimes.version(language).await {
                 languages.push(RuntimeInfo {
                     language: language.name().into(),
                     version,
-                    stateful: language == Language::Python,
+                    stateful: language.stateful(),
                 });
             }
         }
         let python_packages: Vec<Package> = runtimes
-            .libraries(Language::Python)
+            .libraries(Language::PYTHON)
             .await
             .unwrap_or_default()
             .into_iter()

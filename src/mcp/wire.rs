@@ -21,9 +21,9 @@ pub struct ExecuteCodeArgs {
     /// of the last expression is printed, and a matplotlib figure shown with `plt.show()`
     /// comes back as an image. Every other language runs as a fresh program.
     pub code: String,
-    /// The language of `code`: python, bash, sh, javascript, typescript, go, c, cpp, rust or
-    /// java (py, js, node, ts, c++ and rs are accepted too).
+    // Its schema lists the registry's languages (`language_schema`).
     #[serde(alias = "lang")]
+    #[schemars(schema_with = "language_schema")]
     pub language: String,
     /// The session to run in: the `session_id` an earlier call returned. Omit it to use this
     /// conversation's own session (made on first use). A session holds the files under
@@ -37,6 +37,18 @@ pub struct ExecuteCodeArgs {
     /// passes it is stopped and reported with status `timeout`.
     #[serde(default)]
     pub timeout: Option<f64>,
+}
+
+/// `language`: one of the registry's names or aliases.
+fn language_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": crate::runtime::languages::all_names(),
+        "description": format!(
+            "The language of `code`: {}. Python keeps its state in the session; the others run as fresh programs.",
+            crate::runtime::supported()
+        ),
+    })
 }
 
 /// Arguments of `upload_file`.
@@ -250,4 +262,31 @@ pub struct RuntimesOutput {
     pub max_timeout_seconds: u64,
     /// Whether code may reach the network (and so install packages).
     pub network: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_language_schema_lists_the_registry() {
+        let schema = serde_json::to_value(schemars::schema_for!(ExecuteCodeArgs)).unwrap();
+        let language = &schema["properties"]["language"];
+        let names: Vec<&str> = language["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(names, crate::runtime::languages::all_names());
+        assert!(
+            names.contains(&"php") && names.contains(&"f90"),
+            "{language}"
+        );
+        let description = language["description"].as_str().unwrap();
+        assert!(
+            description.contains(crate::runtime::supported()),
+            "{language}"
+        );
+    }
 }

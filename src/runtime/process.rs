@@ -1,11 +1,12 @@
-//! One-shot runs: bash, sh, Node, TypeScript (esbuild, then Node), Go, C, C++, Rust, Java,
-//! and (until the Jupyter kernel lands) Python, each in a fresh sandbox.
+//! One-shot runs: every registry language that does not run in a kernel, each run in a
+//! fresh sandbox. This module knows no language by name; what each needs (file name,
+//! build and run commands, mounts, environment) comes from its entry in `languages`.
 //!
 //! The source is written to a private directory bound read-only at `/code`, never into
 //! the workspace. Compiled languages build in a sandbox of their own into a
 //! content-addressed cache (`DATA_DIR/cache/build/<lang>-<hash>`, the hash covering the
-//! toolchain version, the recipe and the source); a cached program is bound read-only at
-//! `/build` and run without rebuilding.
+//! toolchain version, the build command, the environment and the source); a cached
+//! program is bound read-only at `/build` and run without rebuilding.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -19,17 +20,15 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::languages::{Argv, LANGUAGES, MountSpec, Recipe, Source, SourceOptions, Spec};
 use super::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::{HOME, Job, Limits, Mount, Process, Sandbox};
 
-/// Bumped when a build recipe changes, so old cache entries are not reused.
-const RECIPE_VERSION: &str = "1";
 const CODE_DIR: &str = "/code";
 const BUILD_DIR: &str = "/build";
 const OUT_DIR: &str = "/out";
-const GO_CACHE: &str = "/tmp/go-build-cache";
-/// matplotlib's writable config and cache directory, inside the private /tmp.
-const MPL_CONFIG: &str = "/tmp/matplotlib";
+/// After the languages' own directories.
+const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How often limits that have no kernel notification (processes, disk) are checked.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// The workspace's size is checked this often (it walks the tree).
@@ -44,7 +43,9 @@ pub struct ProcessRuntime {
     runtime_dir: PathBuf,
     cache_dir: PathBuf,
     runs_dir: PathBuf,
-    bash_strict: bool,
+    source_options: SourceOptions,
+    /// Held while a toolchain cache is seeded.
+    seeding: tokio::sync::Mutex<()>,
     versions: std::sync::Mutex<HashMap<Language, String>>,
     libraries: std::sync::Mutex<HashMap<Language, Vec<(String, String)>>>,
     /// Held while a package list is probed; when the lists were last forgotten.
@@ -76,13 +77,23 @@ pub struct RunRequest<'a> {
     pub env: &'a [(String, String)],
 }
 
-/// How a language turns source into a running program.
+/// A registry recipe made concrete for one piece of code.
 struct Plan {
-    file_name: String,
-    source: String,
-    compile: Option<Vec<String>>,
-    /// For compiled languages, relative to `/build`; otherwise a full argv head.
+    source: Source,
+    build: Option<Build>,
     run: Vec<String>,
+}
+
+struct Build {
+    argv: Vec<String>,
+    toolchain_cache: Option<ToolchainCacheDir>,
+}
+
+/// A toolchain's own cache, on the host.
+struct ToolchainCacheDir {
+    host: PathBuf,
+    inside: String,
+    seed: Option<PathBuf>,
 }
 
 /// Why a watched run was stopped by us.
@@ -100,35 +111,39 @@ impl ProcessRuntime {
         sandbox: Arc<Sandbox>,
         runtime_dir: PathBuf,
         data_dir: &Path,
-        bash_strict: bool,
+        source_options: SourceOptions,
     ) -> std::io::Result<Self> {
         let cache_dir = data_dir.join("cache");
         let runs_dir = data_dir.join("runs");
-        for dir in [
-            &cache_dir,
-            &cache_dir.join("build"),
-            &cache_dir.join("go-build"),
-            &runs_dir,
-        ] {
+        for dir in [&cache_dir, &cache_dir.join("build"), &runs_dir] {
             std::fs::create_dir_all(dir)?;
         }
         // The sandbox user reaches these by path but must not list other runs.
-        std::fs::set_permissions(&runs_dir, std::fs::Permissions::from_mode(0o711))?;
-        std::fs::set_permissions(
-            cache_dir.join("build"),
-            std::fs::Permissions::from_mode(0o711),
-        )?;
-        std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o711))?;
-        if let Some((uid, gid)) = sandbox.user() {
-            // Go's build cache is shared by compile sandboxes (it never holds user code's output).
-            std::os::unix::fs::chown(cache_dir.join("go-build"), Some(uid), Some(gid))?;
+        for dir in [&runs_dir, &cache_dir.join("build"), &cache_dir] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+        // Toolchain caches are shared by compile sandboxes (they never hold user code's
+        // output), so the sandbox user owns them.
+        for spec in LANGUAGES {
+            if let Recipe::Compile {
+                toolchain_cache: Some(_),
+                ..
+            } = spec.recipe
+            {
+                let dir = cache_dir.join(spec.name);
+                std::fs::create_dir_all(&dir)?;
+                if let Some((uid, gid)) = sandbox.user() {
+                    std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+                }
+            }
         }
         Ok(ProcessRuntime {
             sandbox,
             runtime_dir,
             cache_dir,
             runs_dir,
-            bash_strict,
+            source_options,
+            seeding: Default::default(),
             versions: Default::default(),
             libraries: Default::default(),
             library_probes: Default::default(),
@@ -136,25 +151,34 @@ impl ProcessRuntime {
         })
     }
 
-    fn python_arg(&self) -> String {
-        self.python().to_string_lossy().into_owned()
+    /// `RUNTIME_DIR`: the environments and toolchains `scripts/bootstrap` installed.
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
     }
 
-    fn esbuild(&self) -> String {
-        self.runtime_dir
-            .join("node/node_modules/.bin/esbuild")
-            .to_string_lossy()
-            .into_owned()
+    /// Fill a registry argument's placeholders: `{runtime}` always, the rest from `vars`.
+    fn expand(&self, arg: &str, vars: &[(&str, &str)]) -> String {
+        let mut out = arg.replace("{runtime}", &self.runtime_dir.to_string_lossy());
+        for (name, value) in vars {
+            out = out.replace(&format!("{{{name}}}"), value);
+        }
+        out
     }
 
-    /// The environment user code sees: an allowlist, nothing of the server's.
-    pub fn env(&self, language: Language) -> Vec<(String, String)> {
-        let path = format!(
-            "{}/python/bin:/usr/local/go/bin:/usr/local/bin:/usr/bin:/bin",
-            self.runtime_dir.display()
-        );
-        let mut env: Vec<(String, String)> = [
-            ("PATH", path.as_str()),
+    fn argv(&self, argv: Argv, vars: &[(&str, &str)]) -> Vec<String> {
+        argv.iter().map(|a| self.expand(a, vars)).collect()
+    }
+
+    /// The environment user code sees: an allowlist, nothing of the server's. Every
+    /// language's variables and tool directories are in every run (a shell script may
+    /// call any toolchain).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut path: Vec<String> = LANGUAGES
+            .iter()
+            .flat_map(|s| s.path.iter().map(|p| self.expand(p, &[])))
+            .collect();
+        path.push(SYSTEM_PATH.to_owned());
+        let base = [
             ("HOME", HOME),
             ("USER", "sandbox"),
             ("LANG", "C.UTF-8"),
@@ -162,73 +186,70 @@ impl ProcessRuntime {
             ("TZ", "UTC"),
             ("TERM", "dumb"),
             ("TMPDIR", "/tmp"),
-            ("PYTHONDONTWRITEBYTECODE", "1"),
-            ("PYTHONUNBUFFERED", "1"),
-            ("MPLBACKEND", "Agg"),
-            ("MPLCONFIGDIR", MPL_CONFIG),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        if matches!(language, Language::Go) {
-            for (k, v) in [
-                ("GOCACHE", GO_CACHE),
-                ("GOPATH", "/tmp/go"),
-                ("GOTOOLCHAIN", "local"),
-                ("CGO_ENABLED", "0"),
-                ("GOFLAGS", "-buildvcs=false"),
-                ("GOTELEMETRY", "off"),
-            ] {
-                env.push((k.to_owned(), v.to_owned()));
-            }
+        ];
+        let mut env = vec![("PATH".to_owned(), path.join(":"))];
+        for (k, v) in base
+            .into_iter()
+            .chain(LANGUAGES.iter().flat_map(|s| s.env.iter().copied()))
+        {
+            env.push((k.to_owned(), self.expand(v, &[])));
         }
         env
     }
 
     /// `RUNTIME_DIR`, read-only at the same path, when it exists (languages that do not
-    /// need it keep working without it).
+    /// need it keep working without it), and every language's mounts that exist here.
     pub fn runtime_mounts(&self) -> Vec<Mount> {
-        if !self.runtime_dir.is_dir() {
-            return Vec::new();
+        let mut mounts = Vec::new();
+        if self.runtime_dir.is_dir() {
+            mounts.push(Mount::read_only(&self.runtime_dir, &self.runtime_dir));
         }
-        let mut mounts = vec![Mount::read_only(&self.runtime_dir, &self.runtime_dir)];
-        // matplotlib's font list, built at bootstrap: without it every fresh sandbox would
-        // rebuild it (seconds) and warn about an unwritable config directory.
-        if let Ok(entries) = std::fs::read_dir(self.runtime_dir.join("mplconfig")) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("fontlist-") && name.ends_with(".json") {
-                    mounts.push(Mount::read_only(e.path(), format!("{MPL_CONFIG}/{name}")));
-                }
+        for spec in LANGUAGES {
+            for m in spec.mounts {
+                mounts.extend(self.expand_mount(m));
             }
         }
         mounts
     }
 
-    pub fn python(&self) -> PathBuf {
-        self.runtime_dir.join("python/bin/python")
-    }
-
-    /// The command that prints a language's version, run inside the sandbox.
-    fn version_probe(&self, language: Language) -> Vec<String> {
-        let v = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        match language {
-            Language::Python => vec![
-                self.python_arg(),
-                "-c".into(),
-                "import platform; print(platform.python_version())".into(),
-            ],
-            Language::Bash => v(&["/bin/bash", "-c", "echo ${BASH_VERSION%%(*}"]),
-            Language::Sh => v(&["/bin/sh", "-c", "echo posix"]),
-            Language::JavaScript | Language::TypeScript => {
-                v(&["node", "-p", "process.versions.node"])
-            }
-            Language::Go => v(&["go", "env", "GOVERSION"]),
-            Language::C => v(&["gcc", "-dumpfullversion"]),
-            Language::Cpp => v(&["g++", "-dumpfullversion"]),
-            Language::Rust => v(&["rustc", "--version"]),
-            Language::Java => v(&["javac", "-J-XX:+UseSerialGC", "-version"]),
-        }
+    /// The host paths a mount names (a `*` in the last component matches any run of
+    /// characters), each with where it appears.
+    fn expand_mount(&self, m: &MountSpec) -> Vec<Mount> {
+        let host = PathBuf::from(self.expand(m.host, &[]));
+        let Some(pattern) = host.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return Vec::new();
+        };
+        let found: Vec<PathBuf> = match (pattern.split_once('*'), host.parent()) {
+            (None, _) => host.exists().then_some(host.clone()).into_iter().collect(),
+            (Some((prefix, suffix)), Some(parent)) => std::fs::read_dir(parent)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            name.len() >= prefix.len() + suffix.len()
+                                && name.starts_with(prefix)
+                                && name.ends_with(suffix)
+                        })
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            (Some(_), None) => Vec::new(),
+        };
+        found
+            .into_iter()
+            .map(|path| {
+                let inside = match m.inside {
+                    None => path.clone(),
+                    Some(inside) => {
+                        let name = path.file_name().unwrap_or_default().to_string_lossy();
+                        PathBuf::from(self.expand(inside, &[("name", &name)]))
+                    }
+                };
+                Mount::read_only(path, inside)
+            })
+            .collect()
     }
 
     /// Run a short command in a sandbox without a workspace; its output if it succeeded.
@@ -236,7 +257,7 @@ impl ProcessRuntime {
         metrics::counter!("code_interpreter_runtime_probes_total").increment(1);
         let job = Job {
             argv,
-            env: self.env(language),
+            env: self.env(),
             workspace: None,
             mounts: self.runtime_mounts(),
             limits: Limits::default(),
@@ -267,10 +288,8 @@ impl ProcessRuntime {
         if missing.is_some_and(|at| at.elapsed() < LIBRARIES_REFRESH_EVERY) {
             return Err(RuntimeError::Unavailable(language));
         }
-        let found = self
-            .probe(language, self.version_probe(language))
-            .await
-            .map(|t| clean_version(&t));
+        let argv = self.argv(language.spec().version, &[]);
+        let found = self.probe(language, argv).await.map(|t| clean_version(&t));
         match &found {
             Some(v) => {
                 self.lock_versions().insert(language, v.clone());
@@ -299,8 +318,20 @@ impl ProcessRuntime {
 
     /// Ask every runtime for its version, so `/health` can list them and first runs are quick.
     pub async fn warm_up(&self) {
-        for language in Language::ALL {
+        for language in Language::all() {
             let _ = self.version(language).await;
+        }
+    }
+
+    /// Fill an empty toolchain cache from its seed before the first build, once: builds
+    /// that start meanwhile wait rather than compile what the seed holds.
+    async fn seed_toolchain_cache(&self, cache: &ToolchainCacheDir) {
+        let Some(seed) = &cache.seed else { return };
+        let _turn = self.seeding.lock().await;
+        let (seed, host, owner) = (seed.clone(), cache.host.clone(), self.sandbox.user());
+        let seeded = tokio::task::spawn_blocking(move || seed_cache(&seed, &host, owner)).await;
+        if let Ok(Err(err)) = seeded {
+            tracing::warn!(cache = %cache.host.display(), error = %err, "could not seed a toolchain cache");
         }
     }
 
@@ -320,50 +351,15 @@ impl ProcessRuntime {
         if let Some(list) = cached {
             return Ok(list);
         }
-        let list = match language {
-            Language::Python => {
-                let argv = vec![
-                    self.python_arg(),
-                    "-c".into(),
-                    "import json, importlib.metadata as m; print(json.dumps(sorted({d.metadata['Name']: d.version for d in m.distributions()}.items())))".into(),
-                ];
-                self.probe(language, argv)
+        let list = match language.spec().libraries {
+            None => Vec::new(),
+            Some(argv) => {
+                let text = self
+                    .probe(language, self.argv(argv, &[]))
                     .await
-                    .and_then(|t| serde_json::from_str::<Vec<(String, String)>>(&t).ok())
-                    .unwrap_or_default()
-            }
-            Language::JavaScript | Language::TypeScript => {
-                let argv = vec![
-                    "node".into(),
-                    "-p".into(),
-                    "require('module').builtinModules.filter(m => !m.startsWith('_')).join('\\n')"
-                        .into(),
-                ];
-                let mut list: Vec<(String, String)> = self
-                    .probe(language, argv)
-                    .await
-                    .map(|t| t.lines().map(|m| (m.to_owned(), version.clone())).collect())
                     .unwrap_or_default();
-                if language == Language::TypeScript
-                    && let Some(esbuild) = self
-                        .probe(language, vec![self.esbuild(), "--version".into()])
-                        .await
-                {
-                    list.push(("esbuild".into(), esbuild));
-                }
-                list
+                parse_libraries(&text, &version)
             }
-            Language::Go => self
-                .probe(language, vec!["go".into(), "list".into(), "std".into()])
-                .await
-                .map(|t| {
-                    t.lines()
-                        .filter(|p| !p.contains("internal") && !p.starts_with("vendor/"))
-                        .map(|p| (p.to_owned(), version.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            _ => Vec::new(),
         };
         self.lock_libraries().insert(language, list.clone());
         Ok(list)
@@ -388,144 +384,42 @@ impl ProcessRuntime {
         self.libraries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn plan(&self, language: Language, code: &str) -> Plan {
-        let owned = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let file = |name: &str| format!("{CODE_DIR}/{name}");
-        let out = |name: &str| format!("{OUT_DIR}/{name}");
-        match language {
-            Language::Python => Plan {
-                file_name: "main.py".into(),
-                source: code.into(),
-                compile: None,
-                run: vec![self.python_arg(), file("main.py")],
-            },
-            Language::Bash => Plan {
-                file_name: "main.sh".into(),
-                source: if self.bash_strict {
-                    with_strict_mode(code)
-                } else {
-                    code.into()
-                },
-                compile: None,
-                run: owned(&["/bin/bash", &file("main.sh")]),
-            },
-            Language::Sh => Plan {
-                file_name: "main.sh".into(),
-                source: code.into(),
-                compile: None,
-                run: owned(&["/bin/sh", &file("main.sh")]),
-            },
-            Language::JavaScript => {
-                let name = if is_es_module(code) {
-                    "main.mjs"
-                } else {
-                    "main.cjs"
-                };
-                Plan {
-                    file_name: name.into(),
-                    source: code.into(),
-                    compile: None,
-                    run: owned(&["node", &file(name)]),
-                }
-            }
-            Language::TypeScript => {
-                // One sandbox: esbuild strips the types (~5 ms), then Node runs the result.
-                let (format, out_name) = if is_es_module(code) {
-                    ("esm", "main.mjs")
-                } else {
-                    ("cjs", "main.cjs")
-                };
-                let script = format!(
-                    "\"{}\" {} --format={format} --platform=node --target=node18 --log-level=warning --outfile=/tmp/{out_name} && exec node /tmp/{out_name} \"$@\"",
-                    self.esbuild(),
-                    file("main.ts"),
-                );
-                Plan {
-                    file_name: "main.ts".into(),
-                    source: code.into(),
-                    compile: None,
-                    run: vec!["/bin/sh".into(), "-c".into(), script, "main.ts".into()],
-                }
-            }
-            Language::Go => Plan {
-                file_name: "main.go".into(),
-                source: code.into(),
-                compile: Some(owned(&[
-                    "go",
-                    "build",
-                    "-trimpath",
-                    "-o",
-                    &out("main"),
-                    &file("main.go"),
-                ])),
-                run: owned(&["main"]),
-            },
-            Language::C => Plan {
-                file_name: "main.c".into(),
-                source: code.into(),
-                compile: Some(owned(&[
-                    "gcc",
-                    "-std=c17",
-                    "-O2",
-                    "-o",
-                    &out("main"),
-                    &file("main.c"),
-                    "-lm",
-                ])),
-                run: owned(&["main"]),
-            },
-            Language::Cpp => Plan {
-                file_name: "main.cpp".into(),
-                source: code.into(),
-                compile: Some(owned(&[
-                    "g++",
-                    "-std=c++17",
-                    "-O2",
-                    "-o",
-                    &out("main"),
-                    &file("main.cpp"),
-                ])),
-                run: owned(&["main"]),
-            },
-            Language::Rust => Plan {
-                file_name: "main.rs".into(),
-                source: code.into(),
-                compile: Some(owned(&[
-                    "rustc",
-                    "--edition",
-                    "2021",
-                    "-O",
-                    "-o",
-                    &out("main"),
-                    &file("main.rs"),
-                ])),
-                run: owned(&["main"]),
-            },
-            Language::Java => {
-                let class = java_class_name(code);
-                let name = format!("{class}.java");
-                Plan {
-                    file_name: name.clone(),
-                    source: code.into(),
-                    compile: Some(owned(&[
-                        "javac",
-                        "-J-XX:+UseSerialGC",
-                        "-J-XX:TieredStopAtLevel=1",
-                        "-d",
-                        OUT_DIR,
-                        &file(&name),
-                    ])),
-                    run: owned(&[
-                        "java",
-                        "-XX:+UseSerialGC",
-                        "-XX:TieredStopAtLevel=1",
-                        "-cp",
-                        BUILD_DIR,
-                        &class,
-                    ]),
-                }
-            }
-        }
+    /// The registry's recipe for this code: the source file and the commands, filled in.
+    fn plan(&self, spec: &Spec, code: &str) -> Option<Plan> {
+        let source = spec.source(code, &self.source_options);
+        let file = format!("{CODE_DIR}/{}", source.file);
+        let stem = source
+            .file
+            .rsplit_once('.')
+            .map_or(source.file.as_str(), |(stem, _)| stem)
+            .to_owned();
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("file", &file),
+            ("stem", &stem),
+            ("out", OUT_DIR),
+            ("build", BUILD_DIR),
+        ];
+        vars.extend(source.vars.iter().copied());
+        let (build, run) = match spec.recipe {
+            Recipe::Kernel => return None,
+            Recipe::Interpret { run } => (None, self.argv(run, &vars)),
+            Recipe::Compile {
+                build,
+                run,
+                toolchain_cache,
+            } => (
+                Some(Build {
+                    argv: self.argv(build, &vars),
+                    toolchain_cache: toolchain_cache.map(|c| ToolchainCacheDir {
+                        host: self.cache_dir.join(spec.name),
+                        inside: c.inside.to_owned(),
+                        seed: c.seed.map(|seed| PathBuf::from(self.expand(seed, &[]))),
+                    }),
+                }),
+                self.argv(run, &vars),
+            ),
+        };
+        Some(Plan { source, build, run })
     }
 
     /// A private directory that sandboxed code may write (owned by the sandbox's user),
@@ -553,13 +447,13 @@ impl ProcessRuntime {
     }
 
     /// A private, readable-by-the-sandbox directory holding the source.
-    fn write_source(&self, plan: &Plan) -> std::io::Result<tempfile::TempDir> {
+    fn write_source(&self, source: &Source) -> std::io::Result<tempfile::TempDir> {
         let dir = tempfile::Builder::new()
             .prefix("run-")
             .tempdir_in(&self.runs_dir)?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-        let path = dir.path().join(&plan.file_name);
-        std::fs::write(&path, &plan.source)?;
+        let path = dir.path().join(&source.file);
+        std::fs::write(&path, &source.text)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
         Ok(dir)
     }
@@ -573,27 +467,31 @@ impl ProcessRuntime {
         let started = Instant::now();
         let deadline = started + req.timeout;
         let version = self.version(req.language).await?;
-        let plan = self.plan(req.language, req.code);
-        let source_dir = self.write_source(&plan)?;
-        let env = self.env(req.language);
+        let plan = self.plan(req.language.spec(), req.code).ok_or_else(|| {
+            RuntimeError::Io(std::io::Error::other(format!(
+                "{} runs in a kernel, not as a one-shot program",
+                req.language
+            )))
+        })?;
+        let source_dir = self.write_source(&plan.source)?;
+        let env = self.env();
         let mut mounts = self.runtime_mounts();
         mounts.push(Mount::read_only(source_dir.path(), CODE_DIR));
 
-        let mut argv = plan.run.clone();
-        if let Some(compile) = &plan.compile {
-            let key = cache_key(req.language, &version, &plan);
-            let build = self
+        if let Some(build) = &plan.build {
+            let key = cache_key(req.language, &version, &build.argv, &env, &plan.source);
+            let dir = self
                 .cache_dir
                 .join("build")
                 .join(format!("{}-{key}", req.language));
-            if !build.join(".ok").exists() {
+            if !dir.join(".ok").exists() {
                 let compiled = self
                     .compile(
                         &req,
-                        compile,
+                        build,
                         &env,
                         source_dir.path(),
-                        &build,
+                        &dir,
                         deadline,
                         &events,
                     )
@@ -602,11 +500,9 @@ impl ProcessRuntime {
                     return Ok(failed);
                 }
             }
-            mounts.push(Mount::read_only(&build, BUILD_DIR));
-            if req.language != Language::Java {
-                argv[0] = format!("{BUILD_DIR}/{}", plan.run[0]);
-            }
+            mounts.push(Mount::read_only(&dir, BUILD_DIR));
         }
+        let mut argv = plan.run;
         argv.extend(req.args.iter().cloned());
         mounts.extend(req.mounts.iter().cloned());
         let mut env = env;
@@ -631,10 +527,10 @@ impl ProcessRuntime {
     async fn compile(
         &self,
         req: &RunRequest<'_>,
-        argv: &[String],
+        build: &Build,
         env: &[(String, String)],
         source_dir: &Path,
-        build: &Path,
+        target: &Path,
         deadline: Instant,
         events: &mpsc::Sender<RunEvent>,
     ) -> Result<Option<RunOutcome>, RuntimeError> {
@@ -649,11 +545,12 @@ impl ProcessRuntime {
         let mut mounts = self.runtime_mounts();
         mounts.push(Mount::read_only(source_dir, CODE_DIR));
         mounts.push(Mount::writable(out.path(), OUT_DIR));
-        if req.language == Language::Go {
-            mounts.push(Mount::writable(self.cache_dir.join("go-build"), GO_CACHE));
+        if let Some(cache) = &build.toolchain_cache {
+            self.seed_toolchain_cache(cache).await;
+            mounts.push(Mount::writable(&cache.host, &cache.inside));
         }
         let job = Job {
-            argv: argv.to_vec(),
+            argv: build.argv.clone(),
             env: env.to_vec(),
             workspace: None,
             mounts,
@@ -700,7 +597,7 @@ impl ProcessRuntime {
         }
         std::fs::write(out.path().join(".ok"), b"")?;
         let tmp = out.keep();
-        if std::fs::rename(&tmp, build).is_err() {
+        if std::fs::rename(&tmp, target).is_err() {
             // Another run built the same program meanwhile; keep theirs.
             let _ = std::fs::remove_dir_all(&tmp);
         }
@@ -927,18 +824,28 @@ fn signal_name(n: i32) -> Option<&'static str> {
     })
 }
 
-fn cache_key(language: Language, version: &str, plan: &Plan) -> String {
+fn cache_key(
+    language: Language,
+    version: &str,
+    build: &[String],
+    env: &[(String, String)],
+    source: &Source,
+) -> String {
     let mut h = Sha256::new();
-    for part in [
-        language.name(),
-        version,
-        RECIPE_VERSION,
-        &plan.file_name,
-        &plan.source,
-    ] {
-        h.update(part.as_bytes());
+    let mut part = |bytes: &[u8]| {
+        h.update(bytes);
         h.update([0]);
+    };
+    part(language.name().as_bytes());
+    part(version.as_bytes());
+    for arg in build {
+        part(arg.as_bytes());
     }
+    for (k, v) in env {
+        part(format!("{k}={v}").as_bytes());
+    }
+    part(source.file.as_bytes());
+    part(source.text.as_bytes());
     hex::encode(&h.finalize()[..16])
 }
 
@@ -957,56 +864,62 @@ fn clean_version(raw: &str) -> String {
         .to_owned()
 }
 
-/// `set -euo pipefail` as the first command, after a shebang line if there is one.
-fn with_strict_mode(code: &str) -> String {
-    const STRICT: &str = "set -euo pipefail\n";
-    match code.strip_prefix("#!") {
-        Some(_) => match code.split_once('\n') {
-            Some((shebang, rest)) => format!("{shebang}\n{STRICT}{rest}"),
-            None => format!("{code}\n{STRICT}"),
-        },
-        None => format!("{STRICT}{code}"),
+/// `name version` lines (or `name` alone: then it has the language's version), sorted by
+/// name, each name once.
+fn parse_libraries(text: &str, version: &str) -> Vec<(String, String)> {
+    let mut list: Vec<(String, String)> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.split_once(char::is_whitespace) {
+            Some((name, v)) if !v.trim().is_empty() => (name.to_owned(), v.trim().to_owned()),
+            _ => (l.to_owned(), version.to_owned()),
+        })
+        .collect();
+    list.sort_by_key(|(name, _)| name.to_ascii_lowercase());
+    list.dedup_by(|a, b| a.0.eq_ignore_ascii_case(&b.0));
+    list
+}
+
+/// Fill an empty toolchain cache from a prepared one: linked (or copied, across file
+/// systems) into a temporary directory beside it, then renamed over it, so a build never
+/// sees half a seed. The seed's files are never written through the links: a toolchain
+/// cache only adds files, and the seed's belong to another user than the sandbox's.
+fn seed_cache(seed: &Path, cache: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    if !seed.is_dir() || std::fs::read_dir(cache)?.next().is_some() {
+        return Ok(());
     }
+    let parent = cache.parent().unwrap_or(cache);
+    let temp = tempfile::Builder::new()
+        .prefix(".seed-")
+        .tempdir_in(parent)?;
+    link_tree(seed, temp.path(), owner)?;
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let temp = temp.keep();
+    // Fails when a build filled the cache meanwhile: then it is kept as it is.
+    if std::fs::rename(&temp, cache).is_err() {
+        std::fs::remove_dir_all(&temp)?;
+    }
+    Ok(())
 }
 
-/// ES module syntax: a top-level `import`/`export` statement or a top-level `await`.
-fn is_es_module(code: &str) -> bool {
-    code.lines().any(|line| {
-        let starts = |kw: &str| {
-            line.strip_prefix(kw)
-                .is_some_and(|rest| rest.starts_with([' ', '{', '*', '\t']))
-        };
-        (starts("import") && !line.starts_with("import(")) || starts("export") || starts("await")
-    })
-}
-
-/// The public class's name (the file must be named after it), else `Main`.
-fn java_class_name(code: &str) -> String {
-    let mut words = code.split_whitespace().peekable();
-    while let Some(w) = words.next() {
-        if w == "public" {
-            let mut next = words.clone();
-            while let Some(m) = next.next() {
-                match m {
-                    "final" | "abstract" | "static" | "strictfp" => continue,
-                    "class" | "record" | "enum" | "interface" => {
-                        if let Some(name) = next.next() {
-                            let ident: String = name
-                                .chars()
-                                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
-                                .collect();
-                            if !ident.is_empty() {
-                                return ident;
-                            }
-                        }
-                        break;
-                    }
-                    _ => break,
-                }
-            }
+/// Regular files (hard-linked where possible) and directories (owned by `owner`) only.
+fn link_tree(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(to, Some(uid), Some(gid))?;
+    }
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let dest = to.join(entry.file_name());
+        if kind.is_dir() {
+            std::fs::create_dir(&dest)?;
+            link_tree(&entry.path(), &dest, owner)?;
+        } else if kind.is_file() && std::fs::hard_link(entry.path(), &dest).is_err() {
+            std::fs::copy(entry.path(), &dest)?;
         }
     }
-    "Main".into()
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1014,39 +927,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strict_mode_goes_after_the_shebang() {
-        assert_eq!(with_strict_mode("echo hi"), "set -euo pipefail\necho hi");
-        assert_eq!(
-            with_strict_mode("#!/bin/bash\necho hi"),
-            "#!/bin/bash\nset -euo pipefail\necho hi"
-        );
-    }
-
-    #[test]
-    fn es_module_syntax_is_detected() {
-        assert!(is_es_module("import fs from 'fs';"));
-        assert!(is_es_module("import { readFileSync } from 'node:fs'"));
-        assert!(is_es_module("export const x = 1;"));
-        assert!(is_es_module("await new Promise(r => setTimeout(r, 1));"));
-        assert!(!is_es_module(
-            "const fs = require('fs');\nconsole.log('import x')"
-        ));
-        assert!(!is_es_module("import('fs').then(() => {})"));
-    }
-
-    #[test]
-    fn java_class_names_are_found() {
-        assert_eq!(java_class_name("public class Hello { }"), "Hello");
-        assert_eq!(java_class_name("public final class Greeter{"), "Greeter");
-        assert_eq!(java_class_name("class X {}"), "Main");
-    }
-
-    #[test]
     fn versions_are_cleaned() {
         assert_eq!(clean_version("rustc 1.63.0"), "1.63.0");
+        assert_eq!(
+            clean_version("rustc 1.96.0 (ac68faa20 2026-05-25) (built from a source tarball)"),
+            "1.96.0"
+        );
         assert_eq!(clean_version("go1.26.8"), "1.26.8");
         assert_eq!(clean_version("javac 17.0.15"), "17.0.15");
         assert_eq!(clean_version("v20.20.2"), "20.20.2");
         assert_eq!(clean_version("12.2.0"), "12.2.0");
+    }
+
+    #[test]
+    fn library_lines_carry_their_version_or_the_languages() {
+        let list = parse_libraries("numpy 2.1.0\nfs\n\nNumPy 9\nabc  1.0 \n", "3.11");
+        assert_eq!(
+            list,
+            [
+                ("abc".to_owned(), "1.0".to_owned()),
+                ("fs".to_owned(), "3.11".to_owned()),
+                ("numpy".to_owned(), "2.1.0".to_owned()),
+            ]
+        );
     }
 }

@@ -45,8 +45,9 @@ const SANDBOX_ID: u32 = 65534;
 /// Open files per process.
 const OPEN_FILES: u64 = 4096;
 
-/// Host configuration files a toolchain needs to work (alternatives symlinks, the dynamic
-/// linker cache, certificates, fonts, the JDK's config). Missing ones are skipped.
+/// Host configuration every program may need (alternatives symlinks, the dynamic linker
+/// cache, certificates, fonts). Missing ones are skipped. What one toolchain needs more
+/// comes in `Job::mounts`.
 const ETC_FILES: &[&str] = &[
     "/etc/alternatives",
     "/etc/ld.so.cache",
@@ -302,12 +303,8 @@ impl Sandbox {
                 Err(_) => {}
             }
         }
-        for etc in ETC_FILES
-            .iter()
-            .map(|s| s.to_string())
-            .chain(java_etc_dirs())
-        {
-            push(&["--ro-bind-try", &etc, &etc]);
+        for etc in ETC_FILES {
+            push(&["--ro-bind-try", etc, etc]);
         }
         let state = self.options.state_dir.to_string_lossy().into_owned();
         push(&["--ro-bind", &format!("{state}/passwd"), "/etc/passwd"]);
@@ -519,21 +516,6 @@ impl Handle {
     }
 }
 
-fn java_etc_dirs() -> Vec<String> {
-    std::fs::read_dir("/etc")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("java-"))
-                })
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `/etc/passwd`, `/etc/group` and `/etc/hosts` as the sandbox sees them: only its own user
 /// and loopback, nothing about the host.
 fn write_identity_files(dir: &Path) -> io::Result<()> {
@@ -541,7 +523,7 @@ fn write_identity_files(dir: &Path) -> io::Result<()> {
     std::fs::write(
         dir.join("passwd"),
         format!(
-            "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_ID}:{SANDBOX_ID}:sandbox:{HOME}:/bin/bash\n"
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_ID}:{SANDBOX_ID}:sandbox:{HOME}:/bin/sh\n"
         ),
     )?;
     std::fs::write(

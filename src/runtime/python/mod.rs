@@ -142,7 +142,7 @@ impl PythonRuntime {
         let template = match (settings.fork, sandbox.can_fork()) {
             (true, true) => Some(KernelTemplate::new(
                 Arc::clone(&sandbox),
-                &process.python(),
+                &process.runtime_dir().join("python/bin/python"),
                 kernel_env(&process),
                 &settings.preload,
                 process.runtime_mounts(),
@@ -176,8 +176,8 @@ impl PythonRuntime {
 
     async fn launch(&self, workspace: &Path) -> Result<Kernel, RuntimeError> {
         // Fails with Unavailable when the Python environment is missing.
-        self.process.version(Language::Python).await?;
-        let python = self.process.python();
+        self.process.version(Language::PYTHON).await?;
+        let python = self.process.runtime_dir().join("python/bin/python");
         let spec = || KernelSpec {
             python: &python,
             sockets_root: &self.sockets_root,
@@ -721,7 +721,7 @@ impl PythonRuntime {
 
 /// The environment of every kernel (and of the template they are forked from).
 fn kernel_env(process: &ProcessRuntime) -> Vec<(String, String)> {
-    let mut env = process.env(Language::Python);
+    let mut env = process.env();
     env.retain(|(k, _)| k != "MPLBACKEND");
     env.push((
         "MPLBACKEND".into(),
