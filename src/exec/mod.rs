@@ -831,7 +831,7 @@ impl ExecService {
         let over_quota = std::sync::atomic::AtomicBool::new(false);
         let ran = CancellationToken::new();
         let guard_disk = async {
-            let Some(quota) = quota.filter(|_| language == Language::Python) else {
+            let Some(quota) = quota.filter(|_| language.stateful()) else {
                 return;
             };
             loop {

@@ -1521,7 +1521,7 @@ fn lost_result(session_id: &str) -> ExecResult {
     let message = "The server could not complete this run; try again.".to_owned();
     ExecResult {
         session_id: session_id.to_owned(),
-        language: runtime::Language::Python,
+        language: runtime::Language::PYTHON,
         version: String::new(),
         stdout: String::new(),
         stderr: format!("[sandbox] {message}\n"),
