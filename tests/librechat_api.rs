@@ -1,7 +1,8 @@
 //! LibreChat's identity and stateful-profile contract, as its official Code API has it:
 //! JWTs that LibreChat signs (EdDSA and RS256; every way a token can be wrong), API keys
 //! beside them, tenants from `tenant_id` and users from `sub`, `runtime_session_hint`
-//! with `runtime_status`, the execution-profile headers and the per-user rate limit.
+//! with `runtime_status` (also after a crash and an eviction), the execution-profile
+//! headers and the per-user rate limit (`/exec` and new programmatic runs).
 
 mod common;
 
@@ -423,6 +424,53 @@ async fn the_exec_rate_limit_is_per_tenant_and_user_with_the_official_429() {
     assert_eq!(headers["ratelimit-remaining"], "0");
     // Another user of the same key has an allowance of their own.
     assert_eq!(run("bob").await.status(), StatusCode::OK);
+    // A new programmatic run draws on the same allowance, as in the official API.
+    let program = server
+        .client
+        .post(server.url("/v1/exec/programmatic"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({"code": "print(1)", "tools": [{"name": "noop"}], "user_id": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(program.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(program.headers().contains_key("retry-after"));
+    let body: Value = program.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    assert!(body["retry_after_seconds"].as_u64().is_some(), "{body}");
+}
+
+#[tokio::test]
+async fn runtime_status_is_new_after_a_crash_and_an_eviction() {
+    // One live kernel at most: a second session's kernel evicts the first (idle) one.
+    let server = TestServer::start(&[("MAX_SESSIONS", "1")]).await;
+    let run = |hint: &'static str, code: &'static str| {
+        let r = server
+            .client
+            .post(server.url("/v1/exec"))
+            .header("x-api-key", KEY_A)
+            .json(&json!({"lang": "py", "code": code, "user_id": "alice",
+                          "runtime_session_hint": hint}));
+        async move { r.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(run("a", "x = 1").await["runtime_status"], "new");
+    let reused = run("a", "print(x)").await;
+    assert_eq!(
+        (reused["runtime_status"].as_str(), reused["stdout"].as_str()),
+        (Some("reused"), Some("1\n")),
+        "{reused}"
+    );
+    // The kernel dies under the cell: the next cell finds a new one and is told so.
+    run("a", "import os; os._exit(3)").await;
+    let after_crash = run("a", "print('x' in dir())").await;
+    assert_eq!(after_crash["runtime_status"], "new", "{after_crash}");
+    assert_eq!(after_crash["stdout"], "False\n");
+    // Another hint's kernel takes the only place; back on "a", nothing carried over.
+    assert_eq!(run("a", "y = 2").await["runtime_status"], "reused");
+    assert_eq!(run("b", "pass").await["runtime_status"], "new");
+    let after_eviction = run("a", "print('y' in dir())").await;
+    assert_eq!(after_eviction["runtime_status"], "new", "{after_eviction}");
+    assert_eq!(after_eviction["stdout"], "False\n");
 }
 
 async fn profile_answer(server: &TestServer, expected: &[&str]) -> (StatusCode, String, Value) {

@@ -429,16 +429,14 @@ pub fn parse_request(
         files,
         timeout: body.timeout.map(Duration::from_millis),
     };
-    admit(state, &request)?;
+    admit(state, &request.tenant, request.owner.user_id.as_deref())?;
     Ok(request)
 }
 
-/// `RATE_LIMIT_EXEC_PER_MINUTE`, in the official Code API's 429 shape.
-fn admit(state: &AppState, request: &ExecRequest) -> ApiResult<()> {
-    let Err(over) = state
-        .exec_rate
-        .check(&request.tenant, request.owner.user_id.as_deref())
-    else {
+/// `RATE_LIMIT_EXEC_PER_MINUTE` for a run about to start (`/exec`, `/exec/stream`, a new
+/// programmatic run), in the official Code API's 429 shape.
+pub fn admit(state: &AppState, tenant: &Tenant, user_id: Option<&str>) -> ApiResult<()> {
+    let Err(over) = state.exec_rate.check(tenant, user_id) else {
         return Ok(());
     };
     let seconds = over.retry_after.as_secs_f64().ceil().max(1.0) as u64;

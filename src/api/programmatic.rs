@@ -426,7 +426,9 @@ fn program_request(
         Some(h) => Some(format!("hint:{h}")),
         None => body.entity_id,
     };
-    let _ = state;
+    let files = file_refs(body.files).map_err(Refusal::Api)?;
+    // Continuations go on with a run already admitted; only a new run counts.
+    super::exec::admit(state, &identity.tenant, user_id.as_deref()).map_err(Refusal::Api)?;
     Ok(ProgramRequest {
         principal: principal_of(identity),
         language,
@@ -434,7 +436,7 @@ fn program_request(
         tools,
         session_id: body.session_id.filter(|s| !s.is_empty()),
         owner: SessionOwner { user_id, entity_id },
-        files: file_refs(body.files).map_err(Refusal::Api)?,
+        files,
         timeout,
         request_id,
     })
@@ -460,7 +462,7 @@ fn program_request(
         (status = 404, description = "An unknown or expired continuation token, or a missing input file", body = ErrorBody),
         (status = 409, description = "A continuation already in flight, or a request id in use", body = ErrorBody),
         (status = 413, description = "Code over MAX_CODE_BYTES or a tool result over 5 MiB", body = ErrorBody),
-        (status = 429, description = "Every Python kernel is busy", body = ErrorBody),
+        (status = 429, description = "Over RATE_LIMIT_EXEC_PER_MINUTE (new runs only), or every Python kernel busy", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
