@@ -21,7 +21,7 @@ endif
 # The binary `make e2e` serves (the debug build `make test` has just made, by default).
 E2E_BINARY ?= $(DEBUG_BIN)
 
-.PHONY: help install bootstrap run dev test lint format-check typecheck openapi bench \
+.PHONY: help install bootstrap run dev test lint format-check typecheck openapi fuzz bench \
 	e2e image image-test build build-debug check-rust web ui-dev
 
 help: ## List the targets
@@ -64,6 +64,13 @@ typecheck: check-rust ## Type-check every target without building (cargo check -
 openapi: check-rust ## Write openapi.json from the code (a test fails when it is stale)
 	$(CARGO) run --locked --quiet -- openapi > openapi.json.tmp
 	mv openapi.json.tmp openapi.json
+
+# Coverage-guided fuzzing of the kernel-facing decoders (needs a nightly toolchain and
+# cargo-fuzz; not part of make test, whose proptest cases cover the same properties).
+FUZZ_SECONDS ?= 300
+fuzz: ## Fuzz the ZMTP decoder and the Jupyter codec, FUZZ_SECONDS each (nightly + cargo-fuzz)
+	cd fuzz && for t in zmtp_decoder jupyter_message; do \
+		cargo +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; done
 
 # Benchmarks against baselines measured in the same run (QUICK=1: a smoke run).
 bench: bootstrap check-rust ## Benchmarks against same-run baselines (QUICK=1 for a smoke run)

@@ -119,6 +119,34 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 4000,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Any client string, biased towards path syntax: parsing never panics, and what
+        /// it accepts names something strictly below the workspace, within the limits, and
+        /// parses to itself again.
+        #[test]
+        fn an_accepted_name_stays_inside_the_workspace(
+            raw in "(/mnt/data/)?([a-z.]{0,3}|\\.\\.|/|\\PC{0,4}|\\x00|\n){0,12}",
+            long in proptest::prelude::any::<bool>(),
+        ) {
+            let raw = if long { raw.repeat(40) } else { raw };
+            if let Ok(name) = FileName::parse(&raw) {
+                let path = std::path::Path::new(name.as_str());
+                proptest::prop_assert!(path.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+                proptest::prop_assert!(name.as_str().len() <= MAX_NAME_BYTES);
+                proptest::prop_assert!(!name.as_str().chars().any(char::is_control));
+                let again = FileName::parse(name.as_str());
+                proptest::prop_assert_eq!(again, Ok(name.clone()));
+                proptest::prop_assert!(!name.base_name().is_empty());
+            }
+        }
+    }
+
     #[test]
     fn content_type_follows_the_extension() {
         assert_eq!(FileName::parse("a.csv").unwrap().content_type(), "text/csv");
