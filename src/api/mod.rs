@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod exec;
 mod files;
+mod limits;
 mod notebook;
 mod openapi;
 mod programmatic;
@@ -127,6 +128,10 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::docs())
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::body_idle_timeout,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(
             state.clone(),
