@@ -1656,11 +1656,11 @@ def burst(api: Api, clients: int, calls: int, nonce: str) -> tuple[list[float], 
     "kernel its own bwrap sandbox that imports PYTHON_PRELOAD itself; the baseline) and one with "
     "PYTHON_KERNEL_FORK=true (kernels forked from the preloaded template), otherwise the default "
     "settings (KERNEL_POOL_SIZE=2). On each, in turn: (1) 20 new sessions one after another "
-    "(4 in --quick), each one call `import numpy, pandas; print(1)` (then deleted), no pause between; (2) 8 idle "
-    "kernels (3 in --quick) after `import numpy, pandas` and gc.collect(): RSS, PSS and private "
+    "(2 in --quick), each one call `import numpy, pandas; print(1)` (then deleted), no pause between; (2) 8 idle "
+    "kernels (2 in --quick) after `import numpy, pandas` and gc.collect(): RSS, PSS and private "
     "memory (Private_Clean + Private_Dirty) from /proc/<pid>/smaps_rollup, summed over each "
-    "kernel's cgroup; (3) 10 new sessions at once (4), first call each; (4) 50 new sessions x 5 "
-    "calls at once (10 x 2). Every session is deleted after its step.",
+    "kernel's cgroup; (3) 10 new sessions at once (2), first call each; (4) 50 new sessions x 5 "
+    "calls at once (4 x 2). Every session is deleted after its step.",
 )
 def kernel_density(ctx: Ctx, res: Result) -> None:
     results: dict[str, dict] = {}
@@ -1681,14 +1681,14 @@ def kernel_density(ctx: Ctx, res: Result) -> None:
             sub.wait_pool_full(60)
             r: dict = {}
             seq = []
-            for _ in range(ctx.reps(20, 4)):
+            for _ in range(ctx.reps(20, 2)):
                 e, j = api.exec("py", "import numpy, pandas; print(1)", expect_stdout="1\n")
                 seq.append(e)
                 api.delete_session(j["session_id"])
             r["sequential"] = seq
             sub.wait_pool_full(60)
             idle_sids = []
-            for _ in range(ctx.reps(8, 3)):
+            for _ in range(ctx.reps(8, 2)):
                 _, j = api.exec("py", "import numpy, pandas, gc; gc.collect(); print(1)", expect_stdout="1\n")
                 idle_sids.append(j["session_id"])
             time.sleep(1.0)
@@ -1699,12 +1699,12 @@ def kernel_density(ctx: Ctx, res: Result) -> None:
                 api.delete_session(sid)
             wait_no_kernels(api)
             sub.wait_pool_full(60)
-            first, _, _, errors, mixed = burst(api, ctx.reps(10, 4), 1, ctx.nonce)
+            first, _, _, errors, mixed = burst(api, ctx.reps(10, 2), 1, ctx.nonce)
             if errors or mixed:
                 raise ScenarioError(f"{label}: {len(errors)} errors, {mixed} mixed in the 10-at-once step: {errors[:2]}")
             r["at_once"] = first
             sub.wait_pool_full(60)
-            first, later, total, errors, mixed = burst(api, ctx.reps(50, 10), ctx.reps(5, 2), ctx.nonce)
+            first, later, total, errors, mixed = burst(api, ctx.reps(50, 4), ctx.reps(5, 2), ctx.nonce)
             r["burst"] = (first + later, total, len(errors), mixed, errors[:2])
             results[label] = r
         finally:
@@ -1735,7 +1735,7 @@ def kernel_density(ctx: Ctx, res: Result) -> None:
     b = res.add("cold: 10 new sessions at once, first call (baseline)", cold["at_once"], role="baseline")
     res.info("10 at once first call p50, forked vs cold", f"{a.p50 / b.p50:.2f}× ({fmt_ms(a.p50)} vs {fmt_ms(b.p50)})")
 
-    n = f"{ctx.reps(50, 10)} sessions × {ctx.reps(5, 2)} calls"
+    n = f"{ctx.reps(50, 4)} sessions × {ctx.reps(5, 2)} calls"
     lat_f, total_f, err_f, mixed_f, first_err_f = forked["burst"]
     lat_c, total_c, err_c, mixed_c, _ = cold["burst"]
     a = res.add(f"forked: {n} at once (per call)", lat_f)
