@@ -1149,3 +1149,107 @@ async fn cancelling_the_request_that_suspended_a_run_stops_it_at_once() {
     }
     assert_eq!(processes_with(&mark), 0);
 }
+
+/// A LibreChat token (EdDSA, the test fixture's key) for `user` of `tenant`.
+fn librechat_token(user: &str, tenant: &str) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let pem = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt/ed25519.pem"
+    ))
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "iss": "librechat", "aud": "codeapi", "sub": user, "tenant_id": tenant,
+        "jti": format!("jti-{user}-{now}"), "iat": now, "nbf": now, "exp": now + 240,
+        "principal_source": "librechat_jwt", "auth_context_hash": "h-1",
+    });
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("librechat-ed-1".into());
+    encode(&header, &claims, &EncodingKey::from_ed_pem(&pem).unwrap()).unwrap()
+}
+
+async fn ptc_as(
+    server: &TestServer,
+    token: &str,
+    path: &str,
+    body: &Value,
+    request_id: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = server
+        .client
+        .post(server.url(path))
+        .bearer_auth(token)
+        .json(body);
+    if let Some(id) = request_id {
+        req = req.header("X-LibreChat-Code-Request-ID", id);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn continuations_and_cancels_belong_to_the_user_of_the_token_as_well_as_its_tenant() {
+    let public = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt/ed25519.pub.pem"
+    ))
+    .unwrap();
+    let server = TestServer::start(&[
+        ("KERNEL_POOL_SIZE", "0"),
+        ("CODEAPI_JWT_PUBLIC_KEY", public.as_str()),
+        ("CODEAPI_JWT_KID", "librechat-ed-1"),
+    ])
+    .await;
+    let (alice, bob, mallory) = (
+        librechat_token("alice", "acme"),
+        librechat_token("bob", "acme"),
+        librechat_token("alice", "other-corp"),
+    );
+    let request_id = "alice-request-000000001";
+    let (status, step) = ptc_as(
+        &server,
+        &alice,
+        "/v1/exec/programmatic",
+        &json!({"lang": "bash", "code": "r=$(t '{}'); echo \"got $r\"", "tools": [tool("t", &[])], "timeout": 60000}),
+        Some(request_id),
+    )
+    .await;
+    assert_eq!(status, 200, "{step}");
+    assert_eq!(step["status"], "tool_call_required", "{step}");
+    let continuation = json!({"continuation_token": step["continuation_token"], "tool_results": [{"call_id": step["tool_calls"][0]["id"], "result": "yes"}]});
+    // Another user of the same tenant, and the same user name in another tenant: 403.
+    for other in [&bob, &mallory] {
+        let (status, answer) =
+            ptc_as(&server, other, "/v1/exec/programmatic", &continuation, None).await;
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(answer["error"], "Forbidden");
+        let (status, _) = ptc_as(
+            &server,
+            other,
+            "/v1/exec/programmatic/cancel",
+            &json!({"request_id": request_id}),
+            None,
+        )
+        .await;
+        assert_eq!(status, 403);
+    }
+    // An API key of the server is a tenant of its own: 403 too.
+    let (status, _) = ptc(&server, KEY_A, &continuation).await;
+    assert_eq!(status, 403);
+    let (status, done) = ptc_as(
+        &server,
+        &alice,
+        "/v1/exec/programmatic",
+        &continuation,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["stdout"], "got \"yes\"\n");
+}
