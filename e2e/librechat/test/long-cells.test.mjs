@@ -99,6 +99,7 @@ describe('long cells after LibreChat\'s own calls', { concurrency: true }, () =>
     const run = await timedCell(`${LONG_CELL}\nprint(open('/mnt/data/probe.csv').read().splitlines()[1])`, injected(file));
     assert.ok(run.ok, `Node ${process.version}: failed after ${run.seconds} s: ${run.error}`);
     assert.equal(run.content, 'stdout:\n1\n1,2');
+    console.log(`# long cells (Node ${process.version}): probe, then an 8 s cell: output in ${run.seconds} s`);
   });
 
   test('probe, download, then an 8 s cell: the output comes back', async () => {
@@ -108,6 +109,7 @@ describe('long cells after LibreChat\'s own calls', { concurrency: true }, () =>
     const run = await timedCell(LONG_CELL, injected(file));
     assert.ok(run.ok, `Node ${process.version}: failed after ${run.seconds} s: ${run.error}`);
     assert.equal(run.content, 'stdout:\n1');
+    console.log(`# long cells (Node ${process.version}): probe, download, then an 8 s cell: output in ${run.seconds} s`);
   });
 
   test('20 long cells at once, each on a socket a probe left behind: all 20 come back', async () => {
@@ -120,5 +122,10 @@ describe('long cells after LibreChat\'s own calls', { concurrency: true }, () =>
     );
     const failed = runs.map((r, i) => ({ i, ...r })).filter((r) => !r.ok || r.content !== `stdout:\n${r.i}`);
     assert.deepEqual(failed, [], `Node ${process.version}: ${failed.length} of 20 failed`);
+    const seconds = runs.map((r) => r.seconds).sort((a, b) => a - b);
+    console.log(
+      `# long cells (Node ${process.version}): 20 six-second cells at once: 20 of 20 returned, ` +
+        `in ${seconds[0]} to ${seconds[19]} s (median ${seconds[10]} s)`,
+    );
   });
 });
