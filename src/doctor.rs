@@ -180,6 +180,7 @@ pub fn list_languages(json: bool) -> String {
                     "compiled": s.compiled(),
                     "doc": s.doc,
                     "packages": s.packages,
+                    "programs": s.programs(),
                 })
             })
             .collect();

@@ -139,3 +139,78 @@ fn only_runtimes_start_sandboxes() {
         found.join("\n")
     );
 }
+
+/// The words of the given modules' code (outside comments and `#[cfg(test)]` modules),
+/// lower-cased, each with the file and line it is on.
+fn code_words(modules: &[&str]) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    for module in modules {
+        let path = src(module);
+        let files = if path.is_dir() {
+            rust_files(&path)
+        } else {
+            vec![path]
+        };
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let rel = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("#[cfg(test)]") {
+                    break;
+                }
+                if code.starts_with("//") {
+                    continue;
+                }
+                for word in line.split(|c: char| !c.is_ascii_alphanumeric() && c != '+') {
+                    if !word.is_empty() {
+                        words.push((
+                            word.to_ascii_lowercase(),
+                            format!("{}:{}", rel.display(), n + 1),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    words
+}
+
+#[test]
+fn the_sandbox_and_the_process_runtime_know_no_language() {
+    // What the registry declares, as the binary prints it: names, aliases and the programs
+    // each language's probes and recipe start. Words of one or two letters (`c`, `go`, `sh`)
+    // are ordinary identifiers and are not looked for.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_code-interpreter"))
+        .args(["languages", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let registry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut known = std::collections::BTreeSet::new();
+    for language in registry.as_array().unwrap() {
+        let name = std::iter::once(&language["name"]);
+        let lists = ["aliases", "compat_aliases", "programs"]
+            .iter()
+            .flat_map(|k| language[*k].as_array().unwrap());
+        for word in name.chain(lists) {
+            known.insert(word.as_str().unwrap().to_ascii_lowercase());
+        }
+    }
+    assert!(
+        known.contains("gfortran") && known.contains("php"),
+        "{known:?}"
+    );
+    known.retain(|w| w.len() > 2);
+
+    let found: Vec<String> = code_words(&["sandbox", "runtime/process.rs"])
+        .into_iter()
+        .filter(|(word, _)| known.contains(word))
+        .map(|(word, at)| format!("{at}: {word}"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the sandbox or the process runtime names a language or its toolchain (declare what it needs in its entry in src/runtime/languages):\n{}",
+        found.join("\n")
+    );
+}

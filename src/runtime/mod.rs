@@ -6,6 +6,7 @@
 pub mod languages;
 pub mod process;
 pub mod python;
+pub mod supervisor;
 
 use std::time::Duration;
 

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::languages::{Argv, LANGUAGES, MountSpec, Recipe, Source, SourceOptions, Spec};
+use super::supervisor::{Aftermath, OutputCap, Stop, Stream};
 use super::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::{HOME, Job, Limits, Mount, Process, Sandbox};
 
@@ -94,16 +95,6 @@ struct ToolchainCacheDir {
     host: PathBuf,
     inside: String,
     seed: Option<PathBuf>,
-}
-
-/// Why a watched run was stopped by us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Timeout,
-    Processes,
-    Disk,
-    Output(&'static str),
-    Cancelled,
 }
 
 impl ProcessRuntime {
@@ -614,14 +605,14 @@ async fn supervise(
     started: Instant,
     events: &mpsc::Sender<RunEvent>,
 ) -> RunOutcome {
-    let (overflow_tx, mut overflow_rx) = mpsc::channel::<&'static str>(2);
+    let (overflow_tx, mut overflow_rx) = mpsc::channel::<Stream>(2);
     let stdout = process.child.stdout.take();
     let stderr = process.child.stderr.take();
     let pumps = [
         stdout.map(|r| {
             tokio::spawn(pump(
                 r,
-                "stdout",
+                Stream::Stdout,
                 events.clone(),
                 req.max_output_bytes,
                 overflow_tx.clone(),
@@ -630,7 +621,7 @@ async fn supervise(
         stderr.map(|r| {
             tokio::spawn(pump(
                 r,
-                "stderr",
+                Stream::Stderr,
                 events.clone(),
                 req.max_output_bytes,
                 overflow_tx.clone(),
@@ -646,7 +637,7 @@ async fn supervise(
         tokio::select! {
             status = process.child.wait() => break status.ok(),
             _ = tokio::time::sleep_until(deadline.into()), if stop.is_none() => {
-                stop = Some(Stop::Timeout);
+                stop = Some(Stop::Time(req.timeout));
                 process.kill_tree();
             }
             _ = req.cancel.cancelled(), if stop.is_none() => {
@@ -654,12 +645,12 @@ async fn supervise(
                 process.kill_tree();
             }
             Some(stream) = overflow_rx.recv(), if stop.is_none() => {
-                stop = Some(Stop::Output(stream));
+                stop = Some(Stop::Output { stream, cap: req.max_output_bytes });
                 process.kill_tree();
             }
             _ = watch.tick(), if stop.is_none() => {
                 if process.hit_process_limit() {
-                    stop = Some(Stop::Processes);
+                    stop = Some(Stop::Processes(req.limits.processes));
                     process.kill_tree();
                 } else if let Some(quota) = req.disk_quota
                     && last_disk_check.elapsed() >= DISK_CHECK_EVERY
@@ -668,7 +659,7 @@ async fn supervise(
                     let ws = req.workspace.to_path_buf();
                     let used = tokio::task::spawn_blocking(move || crate::store::workspace_usage(&ws)).await.unwrap_or(0);
                     if used > quota {
-                        stop = Some(Stop::Disk);
+                        stop = Some(Stop::Disk(Some(quota)));
                         process.kill_tree();
                     }
                 }
@@ -691,60 +682,21 @@ async fn supervise(
         .filter(|c| *c > 128)
         .and_then(|c| signal_name(c - 128))
         .map(str::to_owned);
-    let mib = |b: u64| b / (1024 * 1024);
-    let (status, message) = match (stop, oom) {
-        (Some(Stop::Timeout), _) => (
-            RunStatus::Timeout,
-            Some(format!(
-                "The run exceeded its time limit of {:.0} s and was stopped.",
-                req.timeout.as_secs_f64()
-            )),
-        ),
-        (Some(Stop::Cancelled), _) => (RunStatus::Killed, Some(super::CANCELLED_MESSAGE.into())),
-        (_, true) => (
-            RunStatus::Killed,
-            Some(format!(
-                "The run exceeded the memory limit of {} MiB and was killed.",
-                req.limits.memory_bytes.map(mib).unwrap_or_default()
-            )),
-        ),
-        (Some(Stop::Processes), _) => (
-            RunStatus::Killed,
-            Some(format!(
-                "The run reached the limit of {} processes and was stopped.",
-                req.limits.processes.unwrap_or_default()
-            )),
-        ),
-        (Some(Stop::Output(stream)), _) => (
-            RunStatus::Killed,
-            Some(format!(
-                "The run's {stream} passed the output limit of {} bytes and was stopped.",
-                req.max_output_bytes
-            )),
-        ),
-        (Some(Stop::Disk), _) => (
-            RunStatus::Killed,
-            Some(format!(
-                "The run's files passed the session's disk quota of {} MiB and it was stopped.",
-                req.disk_quota.map(mib).unwrap_or_default()
-            )),
-        ),
-        (None, false) if signal.as_deref() == Some("SIGXFSZ") => (
-            RunStatus::Killed,
-            Some(format!(
-                "The run wrote a file larger than the limit of {} MiB and was stopped.",
-                req.limits.file_size_bytes.map(mib).unwrap_or_default()
-            )),
-        ),
-        (None, false) if signal.as_deref() == Some("SIGXCPU") => (
-            RunStatus::Killed,
-            Some(format!(
-                "The run used more than its CPU time limit of {} s and was stopped.",
-                req.limits.cpu_seconds.unwrap_or_default()
-            )),
-        ),
-        (None, false) if exit_code == Some(0) => (RunStatus::Success, None),
-        (None, false) => (RunStatus::Error, None),
+    // When several apply: the time limit or a cancellation, then the OOM killer, then our
+    // other limits, then an rlimit's signal.
+    let stop = match (stop, oom, signal.as_deref()) {
+        (Some(Stop::Time(t)), _, _) => Some(Stop::Time(t)),
+        (Some(Stop::Cancelled), _, _) => Some(Stop::Cancelled),
+        (_, true, _) => Some(Stop::Memory(req.limits.memory_bytes)),
+        (Some(stop), false, _) => Some(stop),
+        (None, false, Some("SIGXFSZ")) => Some(Stop::FileSize(req.limits.file_size_bytes)),
+        (None, false, Some("SIGXCPU")) => Some(Stop::CpuTime(req.limits.cpu_seconds)),
+        (None, false, _) => None,
+    };
+    let (status, message) = match stop {
+        Some(stop) => (stop.status(), Some(stop.message(Aftermath::Stopped))),
+        None if exit_code == Some(0) => (RunStatus::Success, None),
+        None => (RunStatus::Error, None),
     };
     RunOutcome {
         status,
@@ -757,45 +709,30 @@ async fn supervise(
     }
 }
 
-/// Forward a pipe's bytes as events, up to `cap`; past it, report the overflow and stop
-/// reading (the run is about to be killed).
+/// Forward a pipe's bytes as events up to the output cap; past it, say where the stream was
+/// cut, report the overflow and stop reading (the run is about to be killed).
 async fn pump(
     mut reader: impl AsyncRead + Unpin,
-    stream: &'static str,
+    stream: Stream,
     events: mpsc::Sender<RunEvent>,
     cap: u64,
-    overflow: mpsc::Sender<&'static str>,
+    overflow: mpsc::Sender<Stream>,
 ) {
-    let mut sent: u64 = 0;
+    let mut cap = OutputCap::new(cap);
     let mut buf = vec![0u8; PIPE_CHUNK];
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let room = (cap - sent) as usize;
-        let take = n.min(room);
-        if take > 0 {
-            let bytes = Bytes::copy_from_slice(&buf[..take]);
-            let event = if stream == "stdout" {
-                RunEvent::Stdout(bytes)
-            } else {
-                RunEvent::Stderr(bytes)
-            };
+        let admitted = cap.admit(stream, &buf[..n]);
+        if admitted.take > 0 {
+            let bytes = Bytes::copy_from_slice(&buf[..admitted.take]);
             // A gone listener does not stop the run; keep draining.
-            let _ = events.send(event).await;
-            sent += take as u64;
+            let _ = events.send(stream.event(bytes)).await;
         }
-        if n > room {
-            // Say where the output was cut, in the stream itself.
-            let marker = format!("\n[output cut: more than {cap} bytes on {stream}]\n");
-            let bytes = Bytes::from(marker);
-            let event = if stream == "stdout" {
-                RunEvent::Stdout(bytes)
-            } else {
-                RunEvent::Stderr(bytes)
-            };
-            let _ = events.send(event).await;
+        if let Some(marker) = admitted.cut {
+            let _ = events.send(stream.event(Bytes::from(marker))).await;
             let _ = overflow.send(stream).await;
             return;
         }

@@ -174,6 +174,28 @@ impl Spec {
         matches!(self.recipe, Recipe::Compile { .. })
     }
 
+    /// The programs its probes and recipe start (`rustc`, `gfortran`, …), by file name:
+    /// what code outside the registry must not name (tests/architecture.rs).
+    pub fn programs(&self) -> Vec<&'static str> {
+        let mut argvs = vec![self.version];
+        argvs.extend(self.libraries);
+        match self.recipe {
+            Recipe::Kernel => {}
+            Recipe::Interpret { run } => argvs.push(run),
+            Recipe::Compile { build, run, .. } => argvs.extend([build, run]),
+        }
+        let mut programs: Vec<&'static str> = argvs
+            .iter()
+            .filter_map(|argv| argv.first())
+            // (The program a build made is the user's, not a toolchain.)
+            .filter(|program| !program.starts_with("{build}"))
+            .map(|program| program.rsplit('/').next().unwrap_or(program))
+            .collect();
+        programs.sort_unstable();
+        programs.dedup();
+        programs
+    }
+
     /// The names a user may type, canonical first (the compat aliases excluded).
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         std::iter::once(self.name).chain(self.aliases.iter().copied())
@@ -399,61 +421,5 @@ mod tests {
             lines, want,
             "scripts/bootstrap's language block must list each language's packages as its registry entry does"
         );
-    }
-
-    /// Comment lines are prose, and tests may name what they test; the code is what must
-    /// not know a language.
-    fn code_words(path: &std::path::Path) -> Vec<String> {
-        let text = std::fs::read_to_string(path).unwrap();
-        text.lines()
-            .take_while(|l| !l.trim_start().starts_with("#[cfg(test)]"))
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .flat_map(|l| {
-                l.split(|c: char| !c.is_ascii_alphanumeric() && c != '+')
-                    .map(|w| w.to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_sandbox_and_the_process_runtime_know_no_language() {
-        // Names of one or two letters (`c`, `go`, `sh`) are ordinary identifiers; longer
-        // names, aliases and the toolchains' program names are not.
-        let mut words: Vec<String> = Vec::new();
-        for s in LANGUAGES {
-            words.extend(s.names().map(str::to_owned));
-            words.extend(s.compat_aliases.iter().map(|a| a.to_string()));
-            let mut argvs = vec![s.version];
-            match s.recipe {
-                Recipe::Kernel => {}
-                Recipe::Interpret { run } => argvs.push(run),
-                Recipe::Compile { build, run, .. } => argvs.extend([build, run]),
-            }
-            for argv in argvs {
-                if let Some(program) = argv.first() {
-                    words.push(program.rsplit('/').next().unwrap_or(program).to_owned());
-                }
-            }
-        }
-        words.retain(|w| w.len() > 2 && !w.contains('{'));
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut files: Vec<_> = std::fs::read_dir(root.join("src/sandbox"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        // The process runtime runs any entry and names none either.
-        files.push(root.join("src/runtime/process.rs"));
-        for path in files {
-            let found: Vec<String> = code_words(&path)
-                .into_iter()
-                .filter(|w| words.contains(w))
-                .collect();
-            assert!(
-                found.is_empty(),
-                "{} names languages or toolchains {found:?}: declare what they need in src/runtime/languages",
-                path.display()
-            );
-        }
     }
 }

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::process::ProcessRuntime;
+use super::supervisor::{Aftermath, OutputCap, Stop, Stream};
 use super::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::{Limits, Sandbox};
 use crate::session::SessionTurns;
@@ -485,45 +486,32 @@ impl PythonRuntime {
 
         // Small: every event may be a big message (see kernel.rs on what a kernel may hold).
         let (ktx, mut krx) = mpsc::channel::<KernelEvent>(8);
-        let cap = self.settings.max_output_bytes;
-        let overflow = Arc::new(AtomicBool::new(false));
+        let mut cap = OutputCap::new(self.settings.max_output_bytes);
         // `sys.exit(n)` in a cell surfaces as a SystemExit error: n is the exit code.
         let system_exit = Arc::new(Mutex::new(None::<i32>));
         let forward = {
             let events = events.clone();
             let live = Arc::clone(&live);
-            let overflow = Arc::clone(&overflow);
             let system_exit = Arc::clone(&system_exit);
             async move {
-                let mut sent = [0u64; 2];
                 while let Some(ev) = krx.recv().await {
                     let event = match ev {
-                        KernelEvent::Stream { name, text } => {
-                            let i = usize::from(name == "stderr");
-                            if overflow.load(Ordering::SeqCst) {
+                        KernelEvent::Stream { name, mut text } => {
+                            let stream = if name == "stderr" {
+                                Stream::Stderr
+                            } else {
+                                Stream::Stdout
+                            };
+                            let admitted = cap.admit(stream, text.as_bytes());
+                            if admitted.take == 0 && admitted.cut.is_none() {
                                 continue;
                             }
-                            let room = (cap - sent[i]) as usize;
-                            let mut text = text;
-                            if text.len() > room {
-                                let mut cut = room;
-                                while !text.is_char_boundary(cut) {
-                                    cut -= 1;
-                                }
-                                text.truncate(cut);
-                                text.push_str(&format!(
-                                    "\n[output cut: more than {cap} bytes on {name}]\n"
-                                ));
-                                overflow.store(true, Ordering::SeqCst);
+                            text.truncate(admitted.take);
+                            if let Some(marker) = admitted.cut {
+                                text.push_str(&marker);
                                 let _ = live.kernel.interrupt().await;
                             }
-                            sent[i] += text.len() as u64;
-                            let bytes = Bytes::from(text);
-                            if i == 0 {
-                                RunEvent::Stdout(bytes)
-                            } else {
-                                RunEvent::Stderr(bytes)
-                            }
+                            stream.event(Bytes::from(text))
                         }
                         KernelEvent::Display { data, result } => RunEvent::Display { data, result },
                         KernelEvent::Error {
@@ -543,6 +531,7 @@ impl PythonRuntime {
                     };
                     let _ = events.send(event).await;
                 }
+                cap.passed()
             }
         };
         let run = async {
@@ -553,41 +542,39 @@ impl PythonRuntime {
             drop(ktx);
             end
         };
-        let (end, ()) = tokio::join!(run, forward);
+        let (end, overflowed) = tokio::join!(run, forward);
         let end = end.unwrap_or(CellEnd::Died);
 
         let oom = handle.oom_killed();
-        let secs = timeout.as_secs_f64();
-        let mib = self.settings.limits.memory_bytes.unwrap_or(0) / (1024 * 1024);
-        let cancelled = cancel.is_cancelled();
-        let (status, message, lost) = match end {
-            CellEnd::Interrupted | CellEnd::Killed if cancelled => (
+        let limit = |stop: Stop, after: Aftermath| Some(stop.message(after));
+        let overflow = overflowed.map(|stream| Stop::Output {
+            stream,
+            cap: self.settings.max_output_bytes,
+        });
+        let (status, message, lost) = match (end, overflow) {
+            (CellEnd::Interrupted | CellEnd::Killed, _) if cancel.is_cancelled() => (
                 RunStatus::Killed,
-                Some(super::CANCELLED_MESSAGE.to_owned()),
+                limit(Stop::Cancelled, Aftermath::Interrupted),
                 (end == CellEnd::Killed).then_some("the kernel was restarted after a cancelled cell ignored its interrupt"),
             ),
-            _ if overflow.load(Ordering::SeqCst) => (
-                RunStatus::Killed,
-                Some(format!("The cell's output passed the limit of {cap} bytes and it was interrupted.")),
+            (_, Some(stop)) => (stop.status(), limit(stop, Aftermath::Interrupted), None),
+            (CellEnd::Finished { ok }, None) => (if ok { RunStatus::Success } else { RunStatus::Error }, None, None),
+            (CellEnd::Interrupted, None) => (
+                RunStatus::Timeout,
+                limit(Stop::Time(timeout), Aftermath::Interrupted),
                 None,
             ),
-            CellEnd::Finished { ok } => (if ok { RunStatus::Success } else { RunStatus::Error }, None, None),
-            CellEnd::Interrupted => (
+            (CellEnd::Killed, None) => (
                 RunStatus::Timeout,
-                Some(format!("The cell exceeded its time limit of {secs:.0} s and was interrupted; the session's state was kept.")),
-                None,
-            ),
-            CellEnd::Killed => (
-                RunStatus::Timeout,
-                Some(format!("The cell exceeded its time limit of {secs:.0} s and did not stop when interrupted, so the kernel was restarted: its state was lost (files are kept).")),
+                limit(Stop::Time(timeout), Aftermath::KernelLost),
                 Some("the kernel was restarted after a timeout"),
             ),
-            CellEnd::Died if oom => (
+            (CellEnd::Died, None) if oom => (
                 RunStatus::Killed,
-                Some(format!("The kernel exceeded the memory limit of {mib} MiB and was killed: its state was lost (files are kept).")),
+                limit(Stop::Memory(self.settings.limits.memory_bytes), Aftermath::KernelLost),
                 Some("the kernel was killed by the memory limit"),
             ),
-            CellEnd::ProtocolBroken => (
+            (CellEnd::ProtocolBroken, None) => (
                 RunStatus::Error,
                 Some(format!(
                     "The kernel sent data that breaks the Jupyter protocol ({}), so it was stopped: its state was lost (files are kept).",
@@ -595,7 +582,7 @@ impl PythonRuntime {
                 )),
                 Some("its kernel broke the Jupyter protocol and was stopped"),
             ),
-            CellEnd::Died => (
+            (CellEnd::Died, None) => (
                 RunStatus::Error,
                 Some("The Python kernel exited during this cell (os._exit, a crash or a signal): its state was lost (files are kept).".to_owned()),
                 Some("the kernel exited"),
