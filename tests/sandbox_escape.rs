@@ -240,6 +240,37 @@ async fn an_output_flood_is_cut_and_stopped() {
     let stdout = body["stdout"].as_str().unwrap();
     assert!(stdout.len() <= 1024 * 1024 + 100, "{}", stdout.len());
     assert!(stdout.ends_with("[output cut: more than 1048576 bytes on stdout]\n"));
+    // A kernel cell meets the same cap and the same wording; it is interrupted, not killed,
+    // so its session's state survives.
+    let (_, body) = exec(
+        &server,
+        KEY_A,
+        json!({"lang": "py", "code": "kept = 7\nwhile True:\n    print('é' * 4000, flush=True)"}),
+    )
+    .await;
+    common::assert_stopped(
+        &body,
+        "killed",
+        "stdout passed the output limit of 1048576 bytes",
+    );
+    assert!(
+        body["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("[sandbox] The cell's stdout passed the output limit"),
+        "{body:.300}"
+    );
+    let stdout = body["stdout"].as_str().unwrap();
+    assert!(stdout.len() <= 1024 * 1024 + 100, "{}", stdout.len());
+    assert!(stdout.ends_with("[output cut: more than 1048576 bytes on stdout]\n"));
+    let sid = body["session_id"].as_str().unwrap();
+    let (_, after) = exec(
+        &server,
+        KEY_A,
+        json!({"lang": "py", "code": "print(kept)", "session_id": sid}),
+    )
+    .await;
+    assert_eq!(after["stdout"], "7\n", "{after}");
     health_answers(&server).await;
 }
 
