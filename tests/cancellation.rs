@@ -1,7 +1,8 @@
 //! Every run can be stopped from every entry point, whatever its language: a client that
 //! leaves `/exec/stream` or `/exec`, and `POST /sessions/{id}/interrupt`. A stopped program
-//! leaves no process behind and its session's next call works. (MCP cancellation is tested
-//! with the official SDK in tests/mcp.)
+//! leaves no process behind, a stopped cell keeps its kernel's state, and the session's next
+//! call works. (MCP cancellation is tested with the official SDK in tests/mcp, the
+//! programmatic cancel route in tests/programmatic.rs.)
 
 mod common;
 
@@ -164,37 +165,67 @@ async fn a_stream_client_that_leaves_interrupts_a_python_cell_and_keeps_its_stat
     assert_eq!(body["stderr"], "", "the state was kept: {body}");
 }
 
-#[tokio::test]
-async fn an_exec_client_that_leaves_stops_its_program() {
-    let server = TestServer::start(&[]).await;
-    let sid = new_session(&server).await;
-    let mark = marker("exec");
+/// Send `body` to `/exec` and leave (drop the request) once `started` holds.
+async fn leave_exec_when(server: &TestServer, body: Value, mut started: impl FnMut() -> bool) {
     let client = reqwest::Client::new();
     let call = async {
         // A long answer starts after 2 s with its headers: the result is the whole body.
         client
             .post(server.url("/v1/exec"))
             .header("x-api-key", KEY_A)
-            .json(&json!({"lang": "bash", "code": "sleep 600", "session_id": sid, "args": [mark]}))
+            .json(&body)
             .send()
             .await
             .unwrap()
             .text()
             .await
     };
-    let watch = async {
-        wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
-    };
     tokio::select! {
-        _ = call => panic!("a ten-minute program answered"),
-        _ = watch => {}
+        _ = call => panic!("a ten-minute run answered: {body}"),
+        _ = wait_until("the run to start", &mut started) => {}
     }
-    // The request future is dropped: the client has gone.
-    wait_until("the program to be stopped", || {
-        processes_with(&mark).is_empty()
-    })
-    .await;
-    next_call_works(&server, &sid).await;
+}
+
+#[tokio::test]
+async fn an_exec_client_that_leaves_stops_bash_node_go_and_python_runs() {
+    let server = TestServer::start(&[("KERNEL_POOL_SIZE", "1")]).await;
+    for (lang, code) in SLEEPERS {
+        let sid = new_session(&server).await;
+        let mark = marker(lang);
+        let body = json!({"lang": lang, "code": code, "session_id": sid, "args": [mark]});
+        leave_exec_when(&server, body, || !processes_with(&mark).is_empty()).await;
+        // The request future is dropped: the client has gone.
+        wait_until(&format!("{lang} to be stopped"), || {
+            processes_with(&mark).is_empty()
+        })
+        .await;
+        next_call_works(&server, &sid).await;
+    }
+
+    // A Python cell is interrupted: the kernel and its state stay.
+    let (status, body) = exec(&server, KEY_A, json!({"lang": "py", "code": "x = 41"})).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_owned();
+    let flag = server.data_dir.join("sessions").join(&sid).join("started");
+    let body = json!({
+        "lang": "py", "session_id": sid,
+        "code": "import time\nopen('started', 'w').close()\ntime.sleep(600)",
+    });
+    leave_exec_when(&server, body, || flag.exists()).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let resp = client
+        .post(server.url("/v1/exec"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({"lang": "py", "code": "print(x + 1)", "session_id": sid}))
+        .send()
+        .await
+        .expect("the cancelled cell no longer holds the session");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["stdout"], "42\n", "{body}");
+    assert_eq!(body["stderr"], "", "the state was kept: {body}");
 }
 
 #[tokio::test]
@@ -223,29 +254,35 @@ async fn with_cancel_on_disconnect_off_a_left_program_runs_on() {
 }
 
 #[tokio::test]
-async fn interrupt_stops_a_one_shot_program_and_reports_it() {
+async fn interrupt_stops_bash_node_and_go_programs_and_reports_it() {
+    // (A Python cell's interrupt is tested in tests/python_api.rs: its state is kept.)
     let server = TestServer::start(&[]).await;
-    let sid = new_session(&server).await;
-    let mark = marker("interrupt");
-    let run = exec_in_background(
-        &server,
-        KEY_A,
-        json!({"lang": "bash", "code": "sleep 600", "session_id": sid, "args": [mark]}),
-    );
-    wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
-    let (status, action) = session_action(&server, KEY_A, &sid, "interrupt").await;
-    assert_eq!(status, 200);
-    assert_eq!(action["applied"], true, "{action}");
-    let result = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("the interrupted run answers")
-        .unwrap();
-    common::assert_stopped(&result, "killed", "cancelled");
-    assert!(processes_with(&mark).is_empty());
-    next_call_works(&server, &sid).await;
-    // Nothing runs now: an interrupt has nothing to act on.
-    let (_, idle) = session_action(&server, KEY_A, &sid, "interrupt").await;
-    assert_eq!(idle["applied"], false, "{idle}");
+    for (lang, code) in SLEEPERS {
+        let sid = new_session(&server).await;
+        let mark = marker(lang);
+        let run = exec_in_background(
+            &server,
+            KEY_A,
+            json!({"lang": lang, "code": code, "session_id": sid, "args": [mark]}),
+        );
+        wait_until("the program to start", || !processes_with(&mark).is_empty()).await;
+        let (status, action) = session_action(&server, KEY_A, &sid, "interrupt").await;
+        assert_eq!(status, 200);
+        assert_eq!(action["applied"], true, "{lang}: {action}");
+        let result = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the interrupted run answers")
+            .unwrap();
+        common::assert_stopped(&result, "killed", "cancelled");
+        assert!(
+            processes_with(&mark).is_empty(),
+            "{lang} outlived its interrupt"
+        );
+        next_call_works(&server, &sid).await;
+        // Nothing runs now: an interrupt has nothing to act on.
+        let (_, idle) = session_action(&server, KEY_A, &sid, "interrupt").await;
+        assert_eq!(idle["applied"], false, "{idle}");
+    }
 }
 
 #[tokio::test]
