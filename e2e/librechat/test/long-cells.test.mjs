@@ -23,6 +23,12 @@ let axios;
 
 before(async () => {
   server = await startServer({ extraEnv: { KERNEL_POOL_SIZE: '2' } });
+  // The first two cells take pooled kernels, so their logged times are the cells' own.
+  for (const started = Date.now(); Date.now() - started < 60_000; ) {
+    const health = await (await fetch(`${server.root}/health`)).json();
+    if (health.kernels.pooled >= 2) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
   process.env.LIBRECHAT_CODE_BASEURL = server.baseUrl;
   const agents = await import('@librechat/agents');
   codeTool = agents.createCodeExecutionTool({ authHeaders: hostAuthHeaders(server.apiKey) });
