@@ -316,3 +316,22 @@ async fn deleting_a_session_stops_its_run_first() {
         .unwrap();
     assert_eq!(result["run"]["status"], "killed", "{result}");
 }
+
+#[tokio::test]
+async fn expiry_never_deletes_a_session_under_its_run() {
+    let server = TestServer::start(&[("SESSION_TTL_SECONDS", "2")]).await;
+    let sid = new_session(&server).await;
+    // Twice the TTL: the session was last named when the run started.
+    let (status, body) = exec(
+        &server,
+        KEY_A,
+        json!({"lang": "bash", "code": "sleep 5; echo kept > out.txt; echo done", "session_id": sid}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["session_id"], sid);
+    assert_eq!(body["run"]["status"], "success", "{body}");
+    assert_eq!(body["stdout"], "done\n", "{body}");
+    assert_eq!(common::names(&body["files"]), ["out.txt"], "{body}");
+    next_call_works(&server, &sid).await;
+}

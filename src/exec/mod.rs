@@ -385,6 +385,7 @@ pub struct Started {
 /// The run that holds a session's turn now.
 struct ActiveRun {
     run_id: String,
+    tenant: Tenant,
     language: Language,
     token: CancellationToken,
 }
@@ -640,6 +641,16 @@ impl ExecService {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                // A session whose run is going is in use however long the run takes:
+                // expiry never deletes one under its run.
+                let running: Vec<(Tenant, String)> = this
+                    .lock_active()
+                    .iter()
+                    .map(|(sid, run)| (run.tenant.clone(), sid.clone()))
+                    .collect();
+                for (tenant, sid) in running {
+                    let _ = this.store.session(&tenant, &sid).await;
+                }
                 match this.store.expire_idle_sessions(ttl).await {
                     Ok(gone) if !gone.is_empty() => {
                         tracing::info!(count = gone.len(), "expired idle sessions");
@@ -752,6 +763,7 @@ impl ExecService {
             session.id.clone(),
             ActiveRun {
                 run_id: run_id.clone(),
+                tenant: req.tenant.clone(),
                 language,
                 token: cancel.clone(),
             },
