@@ -256,6 +256,21 @@ pub struct Settings {
     )]
     pub data_dir_min_free_mb: u64,
 
+    /// Size of the build cache (compiled programs, kept per tenant) in MiB: past it the
+    /// least recently used programs no run is using are evicted. 0 turns the cap off.
+    #[arg(
+        long,
+        env = "BUILD_CACHE_MAX_MB",
+        default_value_t = 2048,
+        global = true
+    )]
+    pub build_cache_max_mb: u64,
+
+    /// Largest output of one build, and largest file a compiler may write, in MiB; a build
+    /// past it is stopped and not cached. 0 turns the cap off.
+    #[arg(long, env = "BUILD_MAX_MB", default_value_t = 256, global = true)]
+    pub build_max_mb: u64,
+
     /// The execution profile this deployment answers as (`X-CodeAPI-Execution-Profile`).
     #[arg(
         long,
@@ -496,6 +511,15 @@ impl Settings {
 
     pub fn session_disk_quota_bytes(&self) -> Option<u64> {
         (self.session_disk_quota_mb > 0).then(|| self.session_disk_quota_mb * MIB)
+    }
+
+    /// `BUILD_CACHE_MAX_MB` and `BUILD_MAX_MB`.
+    pub fn build_cache_limits(&self) -> crate::runtime::build_cache::BuildCacheLimits {
+        let mib = |n: u64| (n > 0).then(|| n.saturating_mul(MIB));
+        crate::runtime::build_cache::BuildCacheLimits {
+            total_bytes: mib(self.build_cache_max_mb),
+            entry_bytes: mib(self.build_max_mb),
+        }
     }
 
     /// The free-space floor of DATA_DIR (`DATA_DIR_MIN_FREE_MB`).

@@ -83,6 +83,7 @@ fn language_checks(probe: Option<&Probe>, settings: &Settings) -> Vec<Check> {
             settings.runtime_dir.clone(),
             &p.state.path().join("data"),
             Default::default(),
+            Default::default(),
         )
         .ok()
         .map(|r| (p, r))

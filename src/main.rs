@@ -260,6 +260,7 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         runtime::languages::SourceOptions {
             bash_strict: settings.bash_strict_mode,
         },
+        settings.build_cache_limits(),
     )
     .context("the runtime cache under DATA_DIR cannot be set up")?;
     let process = Arc::new(process);

@@ -390,8 +390,15 @@ async fn every_registered_language_passes_the_same_table() {
 
     // Go's first build on this fresh DATA_DIR found the standard library prepared at
     // bootstrap instead of compiling it.
+    // The tenant's own Go cache (one per tenant, and this test used one tenant).
     let seed = runtime_dir.join("go-cache");
-    let cache = files_under(&server.data_dir.join("cache/go"));
+    let tenants: Vec<_> = std::fs::read_dir(server.data_dir.join("cache/go"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(tenants.len(), 1, "{tenants:?}");
+    let cache = files_under(&tenants[0]);
     let missing: Vec<_> = files_under(&seed)
         .into_iter()
         .filter(|f| cache.binary_search(f).is_err())

@@ -818,6 +818,7 @@ impl ExecService {
             max_output_bytes: self.settings.max_output_bytes,
             disk_quota: self.settings.session_disk_quota_bytes(),
             run_id: &run_id,
+            cache_scope: &req.tenant.0,
             cancel: cancel.clone(),
             mounts: &extras.mounts,
             env: &extras.env,

@@ -3,6 +3,7 @@
 //! sandbox from a registry entry; `python` keeps a Jupyter kernel per session. Knows
 //! nothing about HTTP.
 
+pub mod build_cache;
 pub mod languages;
 pub mod process;
 pub mod python;

@@ -5,8 +5,10 @@
 //! The source is written to a private directory bound read-only at `/code`, never into
 //! the workspace. Compiled languages build in a sandbox of their own into a
 //! content-addressed cache (`DATA_DIR/cache/build/<lang>-<hash>`, the hash covering the
-//! toolchain version, the build command, the environment and the source); a cached
-//! program is bound read-only at `/build` and run without rebuilding.
+//! tenant, the toolchain version, the build command, the environment and the source); a
+//! cached program is bound read-only at `/build` and run without rebuilding. The cache is
+//! counted and capped (`build_cache`); one build's output and every file a compiler
+//! writes are capped too.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -20,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::build_cache::{BUILDING_PREFIX, BuildCache, BuildCacheLimits, DONE_MARKER, Held};
 use super::languages::{Argv, LANGUAGES, MountSpec, Recipe, Source, SourceOptions, Spec};
 use super::supervisor::{Aftermath, OutputCap, Stop, Stream};
 use super::{Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
@@ -44,6 +47,7 @@ pub struct ProcessRuntime {
     runtime_dir: PathBuf,
     cache_dir: PathBuf,
     runs_dir: PathBuf,
+    builds: Arc<BuildCache>,
     source_options: SourceOptions,
     /// Held while a toolchain cache is seeded.
     seeding: tokio::sync::Mutex<()>,
@@ -70,6 +74,8 @@ pub struct RunRequest<'a> {
     pub max_output_bytes: u64,
     pub disk_quota: Option<u64>,
     pub run_id: &'a str,
+    /// Whose builds this run may reuse (the tenant): caches are never shared across scopes.
+    pub cache_scope: &'a str,
     /// Cancelled: the whole process tree is killed.
     pub cancel: CancellationToken,
     /// More directories bound into the run's sandbox (not into a build's).
@@ -103,6 +109,7 @@ impl ProcessRuntime {
         runtime_dir: PathBuf,
         data_dir: &Path,
         source_options: SourceOptions,
+        build_limits: BuildCacheLimits,
     ) -> std::io::Result<Self> {
         let cache_dir = data_dir.join("cache");
         let runs_dir = data_dir.join("runs");
@@ -128,11 +135,13 @@ impl ProcessRuntime {
                 }
             }
         }
+        let builds = Arc::new(BuildCache::open(&cache_dir.join("build"), build_limits)?);
         Ok(ProcessRuntime {
             sandbox,
             runtime_dir,
             cache_dir,
             runs_dir,
+            builds,
             source_options,
             seeding: Default::default(),
             versions: Default::default(),
@@ -316,14 +325,25 @@ impl ProcessRuntime {
 
     /// Fill an empty toolchain cache from its seed before the first build, once: builds
     /// that start meanwhile wait rather than compile what the seed holds.
-    async fn seed_toolchain_cache(&self, cache: &ToolchainCacheDir) {
-        let Some(seed) = &cache.seed else { return };
+    async fn seed_toolchain_cache(&self, cache: &ToolchainCacheDir) -> std::io::Result<()> {
         let _turn = self.seeding.lock().await;
-        let (seed, host, owner) = (seed.clone(), cache.host.clone(), self.sandbox.user());
-        let seeded = tokio::task::spawn_blocking(move || seed_cache(&seed, &host, owner)).await;
-        if let Ok(Err(err)) = seeded {
-            tracing::warn!(cache = %cache.host.display(), error = %err, "could not seed a toolchain cache");
-        }
+        let (seed, host, owner) = (cache.seed.clone(), cache.host.clone(), self.sandbox.user());
+        let made = tokio::task::spawn_blocking(move || {
+            if !host.is_dir() {
+                std::fs::create_dir_all(&host)?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&host, Some(uid), Some(gid))?;
+                }
+            }
+            if let Some(seed) = seed
+                && let Err(err) = seed_cache(&seed, &host, owner)
+            {
+                tracing::warn!(cache = %host.display(), error = %err, "could not seed a toolchain cache");
+            }
+            Ok(())
+        })
+        .await;
+        made.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// Installed packages of a runtime, read through the sandboxed runtime itself.
@@ -376,7 +396,7 @@ impl ProcessRuntime {
     }
 
     /// The registry's recipe for this code: the source file and the commands, filled in.
-    fn plan(&self, spec: &Spec, code: &str) -> Option<Plan> {
+    fn plan(&self, spec: &Spec, code: &str, scope: &str) -> Option<Plan> {
         let source = spec.source(code, &self.source_options);
         let file = format!("{CODE_DIR}/{}", source.file);
         let stem = source
@@ -402,7 +422,8 @@ impl ProcessRuntime {
                 Some(Build {
                     argv: self.argv(build, &vars),
                     toolchain_cache: toolchain_cache.map(|c| ToolchainCacheDir {
-                        host: self.cache_dir.join(spec.name),
+                        // One per scope: a toolchain's cache hit would tell as much as ours.
+                        host: self.cache_dir.join(spec.name).join(scope_dir(scope)),
                         inside: c.inside.to_owned(),
                         seed: c.seed.map(|seed| PathBuf::from(self.expand(seed, &[]))),
                     }),
@@ -458,40 +479,53 @@ impl ProcessRuntime {
         let started = Instant::now();
         let deadline = started + req.timeout;
         let version = self.version(req.language).await?;
-        let plan = self.plan(req.language.spec(), req.code).ok_or_else(|| {
-            RuntimeError::Io(std::io::Error::other(format!(
-                "{} runs in a kernel, not as a one-shot program",
-                req.language
-            )))
-        })?;
+        let plan = self
+            .plan(req.language.spec(), req.code, req.cache_scope)
+            .ok_or_else(|| {
+                RuntimeError::Io(std::io::Error::other(format!(
+                    "{} runs in a kernel, not as a one-shot program",
+                    req.language
+                )))
+            })?;
         let source_dir = self.write_source(&plan.source)?;
         let env = self.env();
         let mut mounts = self.runtime_mounts();
         mounts.push(Mount::read_only(source_dir.path(), CODE_DIR));
 
+        // Held until the run ends, so the program is not evicted under it.
+        let mut held: Option<Held> = None;
         if let Some(build) = &plan.build {
-            let key = cache_key(req.language, &version, &build.argv, &env, &plan.source);
-            let dir = self
-                .cache_dir
-                .join("build")
-                .join(format!("{}-{key}", req.language));
-            if !dir.join(".ok").exists() {
-                let compiled = self
-                    .compile(
-                        &req,
-                        build,
-                        &env,
-                        source_dir.path(),
-                        &dir,
-                        deadline,
-                        &events,
-                    )
-                    .await?;
-                if let Some(failed) = compiled {
-                    return Ok(failed);
+            let key = cache_key(
+                req.cache_scope,
+                req.language,
+                &version,
+                &build.argv,
+                &env,
+                &plan.source,
+            );
+            let name = format!("{}-{key}", req.language);
+            let entry = match self.builds.hold(&name) {
+                Some(entry) => entry,
+                None => {
+                    let compiled = self
+                        .compile(
+                            &req,
+                            build,
+                            &env,
+                            source_dir.path(),
+                            &name,
+                            deadline,
+                            &events,
+                        )
+                        .await?;
+                    match compiled {
+                        Ok(entry) => entry,
+                        Err(failed) => return Ok(failed),
+                    }
                 }
-            }
-            mounts.push(Mount::read_only(&dir, BUILD_DIR));
+            };
+            mounts.push(Mount::read_only(&entry.path, BUILD_DIR));
+            held = Some(entry);
         }
         let mut argv = plan.run;
         argv.extend(req.args.iter().cloned());
@@ -508,12 +542,13 @@ impl ProcessRuntime {
         };
         let process = self.sandbox.spawn(&job, req.run_id)?;
         let outcome = supervise(process, &req, deadline, started, &events).await;
-        drop(source_dir);
+        drop((source_dir, held));
         Ok(outcome)
     }
 
-    /// Build into the cache. `Ok(Some(outcome))` when the build failed (diagnostics were
-    /// sent as stderr); `Ok(None)` when the program is now in the cache.
+    /// Build into the cache as `name`. `Ok(Err(outcome))` when the build failed
+    /// (diagnostics were sent as stderr) or passed the build limit; otherwise the program,
+    /// now in the cache, held for this run.
     #[allow(clippy::too_many_arguments)]
     async fn compile(
         &self,
@@ -521,13 +556,13 @@ impl ProcessRuntime {
         build: &Build,
         env: &[(String, String)],
         source_dir: &Path,
-        target: &Path,
+        name: &str,
         deadline: Instant,
         events: &mpsc::Sender<RunEvent>,
-    ) -> Result<Option<RunOutcome>, RuntimeError> {
+    ) -> Result<Result<Held, RunOutcome>, RuntimeError> {
         let started = Instant::now();
         let out = tempfile::Builder::new()
-            .prefix("tmp-")
+            .prefix(BUILDING_PREFIX)
             .tempdir_in(self.cache_dir.join("build"))?;
         std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o755))?;
         if let Some((uid, gid)) = self.sandbox.user() {
@@ -537,24 +572,36 @@ impl ProcessRuntime {
         mounts.push(Mount::read_only(source_dir, CODE_DIR));
         mounts.push(Mount::writable(out.path(), OUT_DIR));
         if let Some(cache) = &build.toolchain_cache {
-            self.seed_toolchain_cache(cache).await;
+            self.seed_toolchain_cache(cache).await?;
             mounts.push(Mount::writable(&cache.host, &cache.inside));
         }
+        // No file a compiler writes may pass the build limit (nor the run's own limit).
+        let cap = self.builds.limits().entry_bytes;
+        let file_size_bytes = match (cap, req.limits.file_size_bytes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let job = Job {
             argv: build.argv.clone(),
             env: env.to_vec(),
             workspace: None,
             mounts,
             limits: Limits {
-                file_size_bytes: None,
+                file_size_bytes,
                 ..req.limits
             },
         };
         let process = self.sandbox.spawn(&job, &format!("{}-build", req.run_id))?;
         // Compiler output is diagnostics: all of it goes to stderr, none to stdout.
         let (tx, mut rx) = mpsc::channel(64);
+        // The build's output is watched like a workspace, against the build limit.
         let build_req = RunRequest {
-            disk_quota: None,
+            workspace: out.path(),
+            disk_quota: cap,
+            limits: Limits {
+                file_size_bytes,
+                ..req.limits
+            },
             cancel: req.cancel.clone(),
             ..*req
         };
@@ -573,6 +620,22 @@ impl ProcessRuntime {
         let outcome = supervise(process, &build_req, deadline, started, &tx).await;
         drop(tx);
         let _ = forward.await;
+        let measured = out.path().to_path_buf();
+        let bytes = tokio::task::spawn_blocking(move || crate::store::workspace_usage(&measured))
+            .await
+            .unwrap_or(u64::MAX);
+        if let Some(cap) = cap
+            && bytes > cap
+        {
+            return Ok(Err(RunOutcome {
+                status: RunStatus::Killed,
+                message: Some(format!(
+                    "The build's output passed the limit of {} MiB (BUILD_MAX_MB) and was stopped.",
+                    cap / (1024 * 1024)
+                )),
+                ..outcome
+            }));
+        }
         if outcome.status != RunStatus::Success {
             let outcome = match outcome.status {
                 RunStatus::Error => RunOutcome {
@@ -584,15 +647,15 @@ impl ProcessRuntime {
                 },
                 _ => outcome,
             };
-            return Ok(Some(outcome));
+            return Ok(Err(outcome));
         }
-        std::fs::write(out.path().join(".ok"), b"")?;
-        let tmp = out.keep();
-        if std::fs::rename(&tmp, target).is_err() {
-            // Another run built the same program meanwhile; keep theirs.
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        Ok(None)
+        std::fs::write(out.path().join(DONE_MARKER), b"")?;
+        let built = out.keep();
+        let (builds, name) = (Arc::clone(&self.builds), name.to_owned());
+        let held = tokio::task::spawn_blocking(move || builds.add(&name, &built, bytes))
+            .await
+            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+        Ok(Ok(held))
     }
 }
 
@@ -761,7 +824,13 @@ fn signal_name(n: i32) -> Option<&'static str> {
     })
 }
 
+/// A scope's directory name: fixed length, whatever the tenant's name holds.
+fn scope_dir(scope: &str) -> String {
+    hex::encode(&Sha256::digest(scope.as_bytes())[..16])
+}
+
 fn cache_key(
+    scope: &str,
     language: Language,
     version: &str,
     build: &[String],
@@ -773,6 +842,7 @@ fn cache_key(
         h.update(bytes);
         h.update([0]);
     };
+    part(scope.as_bytes());
     part(language.name().as_bytes());
     part(version.as_bytes());
     for arg in build {

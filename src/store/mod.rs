@@ -22,7 +22,7 @@ use futures::stream::BoxStream;
 pub use floor::DiskFloor;
 pub use local::LocalStore;
 pub use name::FileName;
-pub use tree::give_tree;
+pub use tree::{give_tree, remove_tree};
 
 use crate::session::{SessionOwner, Tenant};
 
