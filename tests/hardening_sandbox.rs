@@ -163,3 +163,52 @@ async fn a_claimed_pooled_kernel_and_later_runs_can_write_the_sessions_files() {
         "{sh}"
     );
 }
+
+#[tokio::test]
+async fn a_fork_refused_at_the_process_limit_is_reported_even_after_a_clean_exit() {
+    let server = TestServer::start(&[("MAX_PROCESSES", "24")]).await;
+    // Forks until one is refused, then exits 0 at once: before any periodic check.
+    let c = r#"
+#define _GNU_SOURCE
+#include <unistd.h>
+int main(void) {
+    for (int i = 0; i < 1000; i++) {
+        pid_t pid = fork();
+        if (pid < 0) return 0;
+        if (pid == 0) { pause(); _exit(0); }
+    }
+    return 0;
+}
+"#;
+    let body = run(&server, KEY_A, "c", None, c).await;
+    common::assert_stopped(&body, "killed", "processes");
+
+    // The same in a kernel cell, which catches the failure and ends normally; the
+    // session's next cell is a success again.
+    let py = r#"
+import os, signal, time
+children = []
+try:
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        children.append(pid)
+except OSError as err:
+    print("refused after", len(children))
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+"#;
+    let body = run(&server, KEY_A, "py", None, py).await;
+    assert!(
+        body["stdout"].as_str().unwrap().contains("refused after"),
+        "{body}"
+    );
+    common::assert_stopped(&body, "killed", "processes");
+    let sid = body["session_id"].as_str().unwrap().to_owned();
+    let next = run(&server, KEY_A, "py", Some(&sid), "print('still here')").await;
+    assert_eq!(next["run"]["status"], "success", "{next}");
+    assert_eq!(next["stdout"], "still here\n", "{next}");
+}

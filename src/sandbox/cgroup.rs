@@ -262,7 +262,12 @@ impl RunCgroup {
 
     /// Whether a fork was refused because the process limit was reached.
     pub fn hit_process_limit(&self) -> bool {
-        read_keyed(&self.pids.join("pids.events"), "max").is_some_and(|n| n > 0)
+        self.process_limit_hits() > 0
+    }
+
+    /// Forks refused so far because the process limit was reached.
+    pub fn process_limit_hits(&self) -> u64 {
+        read_keyed(&self.pids.join("pids.events"), "max").unwrap_or(0)
     }
 
     pub fn kill_all(&self) {

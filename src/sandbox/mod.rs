@@ -514,6 +514,11 @@ impl Handle {
     pub fn oom_killed(&self) -> bool {
         self.cgroup.as_ref().is_some_and(|c| c.oom_killed())
     }
+
+    /// Forks refused so far because the process limit was reached.
+    pub fn process_limit_hits(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, |c| c.process_limit_hits())
+    }
 }
 
 /// `/etc/passwd`, `/etc/group` and `/etc/hosts` as the sandbox sees them: only its own user

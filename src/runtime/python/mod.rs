@@ -468,6 +468,7 @@ impl PythonRuntime {
         let handle = live.kernel.handle();
         handle.reset_peak_memory();
         let cpu_before = handle.cpu_time();
+        let forks_refused_before = handle.process_limit_hits();
         let deadline = started + timeout;
 
         // sys.argv[1:] are the request's args (only set when they change).
@@ -587,6 +588,19 @@ impl PythonRuntime {
                 Some("The Python kernel exited during this cell (os._exit, a crash or a signal): its state was lost (files are kept).".to_owned()),
                 Some("the kernel exited"),
             ),
+        };
+        // A fork refused at the process limit during the cell is reported as the limit,
+        // like a one-shot run's, whatever the cell made of the failure.
+        let forks_refused = lost.is_none() && handle.process_limit_hits() > forks_refused_before;
+        let (status, message) = match status {
+            RunStatus::Success | RunStatus::Error if forks_refused => {
+                let limit = format!(
+                    "The cell reached the limit of {} processes: a fork was refused.",
+                    self.settings.limits.processes.unwrap_or_default()
+                );
+                (RunStatus::Killed, Some(limit))
+            }
+            _ => (status, message),
         };
         let cpu_time = match (cpu_before, handle.cpu_time()) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
