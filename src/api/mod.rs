@@ -89,6 +89,17 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
         },
         state.shutdown.clone(),
     );
+    // Each MCP session answers only the tenant that opened it (kept as long as rmcp keeps
+    // an idle session, twice over).
+    let owners = crate::mcp::SessionOwners::new(Duration::from_secs(
+        state.settings.session_ttl_seconds.saturating_mul(2),
+    ));
+    let mcp = ServiceBuilder::new()
+        .layer(middleware::from_fn_with_state(
+            owners,
+            crate::mcp::bind_sessions,
+        ))
+        .service(mcp);
     Router::new()
         .merge(uploads)
         .merge(exec)

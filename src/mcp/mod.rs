@@ -4,9 +4,11 @@
 //! `session://` names of files (`uri`), how a streaming run becomes notifications (`run`)
 //! and content (`render`), which failures are protocol errors (`error`), and the two
 //! transports: streamable HTTP, which `api` mounts at `/mcp` behind its API-key middleware,
-//! and stdio for `code-interpreter mcp`.
+//! and stdio for `code-interpreter mcp`. `owners` binds each HTTP session to the tenant
+//! that opened it.
 
 mod error;
+mod owners;
 mod render;
 mod run;
 mod server;
@@ -22,6 +24,7 @@ use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use tokio_util::sync::CancellationToken;
 
+pub use owners::{SessionOwners, bind_sessions};
 pub use rmcp::transport::StreamableHttpService;
 pub use server::McpServer;
 
