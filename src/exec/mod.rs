@@ -793,6 +793,13 @@ impl ExecService {
         }
 
         let before = self.store.snapshot(&session.id).await?;
+        // Read-only inputs are copied aside and put back if the run changes them.
+        let read_only: Vec<FileName> = placed
+            .iter()
+            .filter(|(_, _, here)| here.read_only)
+            .map(|(_, _, here)| here.name.clone())
+            .collect();
+        let read_only = self.store.guard_read_only(&session.id, read_only).await?;
         let workspace = self.store.workspace_path(&session.id);
         if !extras.owned.is_empty() {
             self.process
@@ -934,7 +941,25 @@ impl ExecService {
             let _ = tx.send(ExecEvent::Stderr(line)).await;
         }
 
-        let after = self.store.snapshot(&session.id).await?;
+        let restored = self.store.restore_read_only(&session.id, read_only).await?;
+        let mut after = self.store.snapshot(&session.id).await?;
+        for name in &restored {
+            // The same bytes under the same metadata: not a change.
+            if let Some(stamp) = before.get(name) {
+                after.insert(name.clone(), *stamp);
+            }
+        }
+        if !restored.is_empty() {
+            let list: Vec<&str> = restored.iter().map(FileName::as_str).collect();
+            let note = format!(
+                "The run changed read-only input files, which were put back: {}.",
+                list.join(", ")
+            );
+            outcome.message = Some(match outcome.message.take() {
+                Some(m) => format!("{m} {note}"),
+                None => note,
+            });
+        }
         let (files, deleted_files, truncated_files) = self
             .collect_files(&session.id, &before, &after, placed, saved)
             .await?;

@@ -21,8 +21,8 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::workspace::Workspace;
 use super::{
-    BodyStream, FileMeta, FileName, FileOrigin, FileStamp, IGNORED_DIRS, NewFile, Session,
-    Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
+    BodyStream, FileMeta, FileName, FileOrigin, FileStamp, IGNORED_DIRS, NewFile, ReadOnlyCopies,
+    Session, Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
 };
 use crate::sandbox::{UidRange, owner_of};
 use crate::session::{SessionOwner, Tenant, new_id};
@@ -839,7 +839,83 @@ impl Store for LocalStore {
         self.commit_one(session_id, file).await
     }
 
+    async fn guard_read_only(
+        &self,
+        session_id: &str,
+        names: Vec<FileName>,
+    ) -> StoreResult<ReadOnlyCopies> {
+        let root = self.workspace_path(session_id);
+        let staging = self.staging_dir.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<ReadOnlyCopies> {
+            let workspace = Workspace::new(&root, None);
+            let mut copies = Vec::with_capacity(names.len());
+            for name in names {
+                let Ok(mut file) = workspace.open_file(&name) else {
+                    continue;
+                };
+                let identity = identify(&file)?;
+                let temp = tempfile::NamedTempFile::new_in(&staging)?;
+                temp.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o444))?;
+                std::io::copy(&mut file, &mut temp.as_file())?;
+                copies.push((name, temp.into_temp_path(), identity));
+            }
+            Ok(ReadOnlyCopies(copies))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        .map_err(StoreError::from_io)
+    }
+
+    async fn restore_read_only(
+        &self,
+        session_id: &str,
+        copies: ReadOnlyCopies,
+    ) -> StoreResult<Vec<FileName>> {
+        let root = self.workspace_path(session_id);
+        let restored = tokio::task::spawn_blocking(move || {
+            let workspace = Workspace::new(&root, None);
+            let mut restored = Vec::new();
+            for (name, copy, identity) in copies.0 {
+                let unchanged = workspace
+                    .open_file(&name)
+                    .and_then(|f| identify(&f))
+                    .is_ok_and(|now| now == identity);
+                if unchanged {
+                    continue;
+                }
+                // The rename replaces what the run left at the name (a file or a link; a
+                // directory there is left, and the copy with it).
+                if let Err(err) = workspace.rename_into(&copy, &name) {
+                    tracing::warn!(file = %name, error = %err, "a read-only file could not be put back");
+                    continue;
+                }
+                let _ = copy.keep();
+                restored.push(name);
+            }
+            restored
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        Ok(restored)
+    }
+
     fn workspace_path(&self, session_id: &str) -> PathBuf {
         self.sessions_dir.join(session_id)
     }
+}
+
+/// What identifies a file's bytes without reading them: a write in place changes the
+/// ctime even when the mtime is set back.
+fn identify(file: &std::fs::File) -> std::io::Result<[i128; 6]> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    Ok([
+        m.dev() as i128,
+        m.ino() as i128,
+        m.size() as i128,
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        m.mode() as i128,
+    ])
 }

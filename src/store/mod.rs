@@ -250,6 +250,27 @@ pub trait Store: Send + Sync {
         origin: FileOrigin,
     ) -> StoreResult<FileMeta>;
 
+    /// Keep a copy of each named file (the run's read-only inputs) before a run, so
+    /// [`Store::restore_read_only`] can put back what the run changed.
+    async fn guard_read_only(
+        &self,
+        session_id: &str,
+        names: Vec<FileName>,
+    ) -> StoreResult<ReadOnlyCopies>;
+
+    /// Put back every guarded file the run changed, replaced or removed (its metadata
+    /// never changed); the names put back.
+    async fn restore_read_only(
+        &self,
+        session_id: &str,
+        copies: ReadOnlyCopies,
+    ) -> StoreResult<Vec<FileName>>;
+
     /// The directory that is `/mnt/data` for this session's runs.
     fn workspace_path(&self, session_id: &str) -> PathBuf;
 }
+
+/// Copies of read-only files taken before a run, each with what identified the file then
+/// (device, inode, size, mtime and ctime); dropped copies are deleted.
+#[derive(Default)]
+pub struct ReadOnlyCopies(pub(crate) Vec<(FileName, tempfile::TempPath, [i128; 6])>);

@@ -1,5 +1,14 @@
 # Run once, silently, in every kernel right after it starts.
 #
+# Output belongs to the cell that started its writer. ipykernel sends what a background
+# thread prints, and what a child process writes to the descriptors 1 and 2, with the
+# parent header of whichever cell runs at the time, so a thread or process started by one
+# cell would print into the next. Here a thread keeps the parent of the cell that started
+# it (a pooled task, of the cell that submitted it), and every cell gets fresh pipes
+# behind descriptors 1 and 2, read by a thread that sends with that cell's parent: a
+# child keeps the pipe of the cell that started it. The server takes output only for the
+# running cell, so what an earlier cell's writers send later is dropped.
+#
 # A figure the cell saved itself (fig.savefig / plt.savefig) is closed at the end of the
 # cell, so the inline backend does not display it again: the user asked for a file, and
 # returning the same chart twice would be noise. Figures never saved are displayed (and
@@ -60,5 +69,101 @@ def __ci_setup():
     get_ipython().events.register("post_execute", close_saved_figures)
 
 
+def __ci_own_output():
+    import codecs
+    import concurrent.futures.thread
+    import fcntl
+    import os
+    import struct
+    import sys
+    import termios
+    import threading
+    import time
+
+    streams = [s for s in (sys.stdout, sys.stderr) if hasattr(s, "set_thread_parent")]
+    if len(streams) != 2:
+        return
+
+    def with_parent(fn, parents):
+        def run(*args, **kwargs):
+            tokens = [s.set_thread_parent(p) for s, p in parents]
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for s, t in zip(streams, tokens):
+                    s.reset_thread_parent(t)
+
+        return run
+
+    def parents():
+        return [(s, s.parent_header) for s in streams]
+
+    start = threading.Thread.start
+
+    def start_with_parent(self):
+        self.run = with_parent(self.run, parents())
+        return start(self)
+
+    threading.Thread.start = start_with_parent
+
+    submit = concurrent.futures.thread.ThreadPoolExecutor.submit
+
+    def submit_with_parent(self, fn, /, *args, **kwargs):
+        return submit(self, with_parent(fn, parents()), *args, **kwargs)
+
+    concurrent.futures.thread.ThreadPoolExecutor.submit = submit_with_parent
+
+    class Pipe:
+        def __init__(self, fd, stream):
+            self.read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            self.stream = stream
+            self.busy = False
+            threading.Thread(target=self.forward, daemon=True, name="ci-output").start()
+
+        def forward(self):
+            decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+            try:
+                while True:
+                    data = os.read(self.read_end, 65536)
+                    self.busy = True
+                    text = decode(data, final=not data)
+                    if text:
+                        self.stream.write(text)
+                    self.busy = False
+                    if not data:
+                        return
+            except Exception:
+                pass
+            finally:
+                self.busy = False
+                os.close(self.read_end)
+
+        def pending(self):
+            try:
+                waiting = fcntl.ioctl(self.read_end, termios.FIONREAD, b"\0\0\0\0")
+                return struct.unpack("i", waiting)[0] > 0 or self.busy
+            except OSError:
+                return False
+
+    current = []
+
+    def fresh_pipes(*_):
+        current[:] = [Pipe(fd, s) for fd, s in zip((1, 2), streams)]
+
+    def drain(*_):
+        # What the cell's children wrote before it ended reaches its output.
+        deadline = time.monotonic() + 0.5
+        while any(p.pending() for p in current) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    ip = get_ipython()
+    ip.events.register("pre_execute", fresh_pipes)
+    ip.events.register("post_execute", drain)
+
+
 __ci_setup()
 del __ci_setup
+__ci_own_output()
+del __ci_own_output
