@@ -38,6 +38,19 @@ pub enum ArgsField {
     Line(String),
 }
 
+/// The argv a request's `args` stand for.
+fn split_args(args: Option<ArgsField>) -> ApiResult<Vec<String>> {
+    match args {
+        None => Ok(Vec::new()),
+        Some(ArgsField::List(list)) => Ok(list),
+        Some(ArgsField::Line(line)) => shlex::split(&line).ok_or_else(|| {
+            ApiError::bad_request(
+                "'args' has an unclosed quote; balance the quotes or send a list.",
+            )
+        }),
+    }
+}
+
 /// A file to place at `/mnt/data/<name>` before the run: LibreChat 2.x
 /// `{id, session_id, name}` or 3.x `{id, resource_id, name, storage_session_id, kind, version}`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -379,15 +392,7 @@ pub fn parse_request(
     let code = body
         .code
         .ok_or_else(|| ApiError::validation("'code' is required: the source to run."))?;
-    let args = match body.args {
-        None => Vec::new(),
-        Some(ArgsField::List(list)) => list,
-        Some(ArgsField::Line(line)) => shlex::split(&line).ok_or_else(|| {
-            ApiError::bad_request(
-                "'args' has an unclosed quote; balance the quotes or send a list.",
-            )
-        })?,
-    };
+    let args = split_args(body.args)?;
     if let Some(entity) = &body.entity_id
         && !is_valid_entity_id(entity)
     {
@@ -774,4 +779,116 @@ pub async fn restart(
         applied,
         message: "The next Python call starts a fresh kernel; files in /mnt/data are kept.".into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..Default::default()
+        }
+    }
+
+    /// The events a client following the SSE specification reads from `bytes`: each the
+    /// joined `data` lines before a blank line; comments and other fields ignored.
+    fn sse_events(bytes: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(bytes).expect("SSE is UTF-8");
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let (mut events, mut data): (Vec<String>, Option<String>) = (Vec::new(), None);
+        for line in text.split('\n') {
+            if line.is_empty() {
+                events.extend(data.take());
+            } else if let Some(value) = line.strip_prefix("data") {
+                let value = value
+                    .strip_prefix(':')
+                    .map(|v| v.strip_prefix(' ').unwrap_or(v));
+                let value = value.unwrap_or_default();
+                data = Some(match data.take() {
+                    Some(before) => format!("{before}\n{value}"),
+                    None => value.to_owned(),
+                });
+            }
+        }
+        events
+    }
+
+    fn frame_bytes(frames: &[StreamFrame]) -> Vec<u8> {
+        let events: Vec<Result<Event, std::convert::Infallible>> =
+            frames.iter().map(|f| Ok(f.event())).collect();
+        let response = Sse::new(futures::stream::iter(events)).into_response();
+        let body = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+            .unwrap();
+        body.to_vec()
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "(data: |\r|\n|\r\n|:|\u{2028}|\u{85}|\\\\|\"|event: x|[a-z ]{0,5}){0,12}",
+        ]
+    }
+
+    fn any_frame() -> impl Strategy<Value = StreamFrame> {
+        prop_oneof![
+            (any_text(), any_text()).prop_map(|(name, text)| StreamFrame::Stream { name, text }),
+            (
+                any_text(),
+                any_text(),
+                proptest::collection::vec(any_text(), 0..4)
+            )
+                .prop_map(|(ename, evalue, traceback)| StreamFrame::Error {
+                    ename,
+                    evalue,
+                    traceback
+                }),
+            any_text().prop_map(|session_id| StreamFrame::Session { session_id }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Whatever user code prints (line breaks of every kind, `data:` lines, colons),
+        /// each frame is exactly one SSE event, and its data is the frame's JSON.
+        #[test]
+        fn every_frame_is_one_event_carrying_its_json(frames in proptest::collection::vec(any_frame(), 1..6)) {
+            let events = sse_events(&frame_bytes(&frames));
+            prop_assert_eq!(events.len(), frames.len());
+            for (event, frame) in events.iter().zip(&frames) {
+                let parsed: serde_json::Value = serde_json::from_str(event).unwrap();
+                prop_assert_eq!(parsed, serde_json::to_value(frame).unwrap());
+            }
+        }
+
+        /// A list quoted as a shell would comes back as the same argv from a string, and
+        /// no string makes the split panic.
+        #[test]
+        fn a_quoted_argv_splits_back_to_itself(
+            argv in proptest::collection::vec("[^\\x00]{0,12}", 0..6),
+            line in any::<String>(),
+        ) {
+            let quoted: Vec<String> = argv
+                .iter()
+                .map(|a| shlex::try_quote(a).unwrap().into_owned())
+                .collect();
+            let split = split_args(Some(ArgsField::Line(quoted.join(" "))));
+            prop_assert_eq!(split.ok(), Some(argv.clone()));
+            prop_assert_eq!(split_args(Some(ArgsField::List(argv.clone()))).ok(), Some(argv));
+            let _ = split_args(Some(ArgsField::Line(line)));
+        }
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_a_bad_request() {
+        assert!(split_args(Some(ArgsField::Line("a 'b".into()))).is_err());
+        assert_eq!(split_args(None).ok(), Some(Vec::new()));
+    }
 }
