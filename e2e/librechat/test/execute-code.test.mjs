@@ -91,7 +91,8 @@ describe('execute_code: output', () => {
     assert.match(msg.content, /stderr:\n[\s\S]*undeclared_symbol/);
   });
 
-  for (const [lang, code] of [
+  const hello = [
+    ['py', 'print("hello py", 6 * 7)'],
     ['js', 'console.log("hello js", 6 * 7)'],
     ['ts', 'const n: number = 6 * 7;\nconsole.log(`hello ts ${n}`);'],
     ['bash', 'echo "hello bash $((6 * 7))"'],
@@ -104,7 +105,12 @@ describe('execute_code: output', () => {
     ['php', '<?php\necho "hello php ", 6 * 7, "\\n";'],
     ['f90', "program hello\n  print '(a, i0)', 'hello f90 ', 6 * 7\nend program hello\n"],
     ['d', 'import std.stdio;\nvoid main() { writeln("hello d ", 6 * 7); }\n'],
-  ]) {
+  ];
+  test('every lang the tool offers the model is in this table', () => {
+    const offered = codeTool.schema.properties.lang.enum;
+    assert.deepEqual(hello.map(([lang]) => lang).sort(), [...offered].sort());
+  });
+  for (const [lang, code] of hello) {
     test(`lang ${lang} runs through the tool`, async () => {
       const msg = await run({ lang, code });
       assert.equal(msg.content, `stdout:\nhello ${lang} 42`);
