@@ -55,6 +55,53 @@ struct LiveKernel {
     argv: Mutex<Vec<String>>,
 }
 
+/// What this process knows of one session's kernel. A session it has run no kernel for
+/// has no entry.
+enum KernelState {
+    /// A kernel serves the session (idle or running a cell).
+    Live(Arc<LiveKernel>),
+    /// Its kernel is gone (died, evicted, reaped, broke the protocol; or the server
+    /// restarted): the session's next cell starts with a line saying why.
+    Lost(&'static str),
+    /// The client restarted it: the next cell starts a kernel, and there is nothing to say.
+    Restarted,
+}
+
+/// Every session's [`KernelState`], in one table under one lock.
+#[derive(Default)]
+struct Kernels(HashMap<String, KernelState>);
+
+impl Kernels {
+    fn live(&self, session_id: &str) -> Option<Arc<LiveKernel>> {
+        match self.0.get(session_id) {
+            Some(KernelState::Live(k)) => Some(Arc::clone(k)),
+            _ => None,
+        }
+    }
+
+    fn lives(&self) -> impl Iterator<Item = (&String, &Arc<LiveKernel>)> {
+        self.0.iter().filter_map(|(sid, state)| match state {
+            KernelState::Live(k) => Some((sid, k)),
+            _ => None,
+        })
+    }
+
+    /// Put `state` in the session's place; the kernel it had, if it had one live.
+    fn set(&mut self, session_id: &str, state: KernelState) -> Option<Arc<LiveKernel>> {
+        match self.0.insert(session_id.to_owned(), state) {
+            Some(KernelState::Live(k)) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The session's kernel is gone for `reason`; shut down what is left of it.
+    fn lose(&mut self, session_id: &str, reason: &'static str) {
+        if let Some(k) = self.set(session_id, KernelState::Lost(reason)) {
+            k.kernel.shutdown();
+        }
+    }
+}
+
 struct Pooled {
     kernel: Box<Kernel>,
     dir: PathBuf,
@@ -68,14 +115,11 @@ pub struct PythonRuntime {
     settings: PythonSettings,
     /// Sessions' turns: a kernel is evicted or reaped only while its session's turn is free.
     turns: Arc<SessionTurns>,
-    live: Mutex<HashMap<String, Arc<LiveKernel>>>,
+    kernels: Mutex<Kernels>,
     pool: Mutex<Vec<Pooled>>,
     starting: AtomicUsize,
     /// Kernels being started or claimed for a session: they count against `MAX_SESSIONS`.
     reserved: AtomicUsize,
-    lost: Mutex<HashMap<String, &'static str>>,
-    /// Sessions this process has run a kernel for.
-    seen: Mutex<std::collections::HashSet<String>>,
     /// Where kernels are forked from, when they are.
     template: Option<KernelTemplate>,
 }
@@ -166,12 +210,10 @@ impl PythonRuntime {
             pool_dir,
             settings,
             turns,
-            live: Mutex::default(),
+            kernels: Mutex::default(),
             pool: Mutex::default(),
             starting: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
-            lost: Mutex::default(),
-            seen: Mutex::default(),
         }))
     }
 
@@ -328,15 +370,17 @@ impl PythonRuntime {
     /// Whether one more kernel may live now, evicting the least recently used idle one
     /// when needed. With `reserve`, the slot is taken (see `Reservation`).
     fn try_room(&self, reserve: bool) -> bool {
-        let mut live = lock(&self.live);
-        if live.len() + self.reserved.load(Ordering::SeqCst) < self.settings.max_kernels {
+        let mut kernels = lock(&self.kernels);
+        if kernels.lives().count() + self.reserved.load(Ordering::SeqCst)
+            < self.settings.max_kernels
+        {
             if reserve {
                 self.reserved.fetch_add(1, Ordering::SeqCst);
             }
             return true;
         }
-        let victim = live
-            .iter()
+        let victim = kernels
+            .lives()
             .filter(|(_, k)| !k.busy.load(Ordering::SeqCst))
             .min_by_key(|(_, k)| *lock(&k.last_used))
             .map(|(sid, _)| sid.clone());
@@ -346,11 +390,8 @@ impl PythonRuntime {
             return false;
         };
         if reserve {
-            if let Some(k) = live.remove(&sid) {
-                k.kernel.shutdown();
-            }
-            lock(&self.lost).insert(
-                sid,
+            kernels.lose(
+                &sid,
                 "it was shut down to make room for other sessions (MAX_SESSIONS)",
             );
             self.reserved.fetch_add(1, Ordering::SeqCst);
@@ -374,7 +415,7 @@ impl PythonRuntime {
 
     /// Answer "busy" before a call starts (so the client gets a 429, not a failed run).
     pub async fn check_room(&self, session_id: &str) -> Result<(), PythonError> {
-        if lock(&self.live).contains_key(session_id) {
+        if lock(&self.kernels).live(session_id).is_some() {
             return Ok(());
         }
         self.wait_for_room(false).await
@@ -384,20 +425,17 @@ impl PythonRuntime {
         self: &Arc<Self>,
         session_id: &str,
         workspace: &Path,
-    ) -> Result<(Arc<LiveKernel>, bool), PythonError> {
-        let existing = lock(&self.live).get(session_id).cloned();
+    ) -> Result<(Arc<LiveKernel>, bool, Option<&'static str>), PythonError> {
+        let existing = lock(&self.kernels).live(session_id);
         if let Some(k) = existing {
             if k.kernel.is_alive() {
-                return Ok((k, false));
+                return Ok((k, false, None));
             }
-            lock(&self.live).remove(session_id);
             let reason = match k.kernel.broken_reason() {
                 Some(_) => "its kernel broke the Jupyter protocol and was stopped",
                 None => "its kernel stopped",
             };
-            lock(&self.lost)
-                .entry(session_id.to_owned())
-                .or_insert(reason);
+            lock(&self.kernels).lose(session_id, reason);
         }
         self.wait_for_room(true).await?;
         let _reservation = Reservation(&self.reserved);
@@ -429,8 +467,15 @@ impl PythonRuntime {
             busy: AtomicBool::new(false),
             argv: Mutex::default(),
         });
-        lock(&self.live).insert(session_id.to_owned(), Arc::clone(&live));
-        Ok((live, true))
+        // What the session lost before this kernel, said once by the cell that gets it.
+        let lost = match lock(&self.kernels)
+            .0
+            .insert(session_id.to_owned(), KernelState::Live(Arc::clone(&live)))
+        {
+            Some(KernelState::Lost(reason)) => Some(reason),
+            _ => None,
+        };
+        Ok((live, true, lost))
     }
 
     /// Run a cell in the session's kernel (started or claimed as needed). `had_kernel` says
@@ -449,16 +494,18 @@ impl PythonRuntime {
         events: &mpsc::Sender<RunEvent>,
     ) -> Result<(RunOutcome, bool), PythonError> {
         let started = Instant::now();
-        let first_here = lock(&self.seen).insert(session_id.to_owned());
-        if had_kernel && first_here {
-            lock(&self.lost)
+        if had_kernel {
+            // A kernel of another server process: this one has no entry for the session.
+            lock(&self.kernels)
+                .0
                 .entry(session_id.to_owned())
-                .or_insert("the server restarted since its last call");
+                .or_insert(KernelState::Lost(
+                    "the server restarted since its last call",
+                ));
         }
-        let (live, fresh) = self.kernel_for(session_id, workspace).await?;
+        let (live, fresh, lost_before) = self.kernel_for(session_id, workspace).await?;
         live.busy.store(true, Ordering::SeqCst);
         let _idle_again = scopeguard(&live);
-        let lost_before = lock(&self.lost).remove(session_id);
         if let Some(reason) = lost_before {
             let line = format!(
                 "[kernel] The previous Python state of this session was lost: {reason}. Files in /mnt/data are kept; variables and imports must be recreated.\n"
@@ -608,10 +655,7 @@ impl PythonRuntime {
         };
         let peak_memory = handle.peak_memory();
         if let Some(reason) = lost {
-            if let Some(k) = lock(&self.live).remove(session_id) {
-                k.kernel.shutdown();
-            }
-            lock(&self.lost).insert(session_id.to_owned(), reason);
+            lock(&self.kernels).lose(session_id, reason);
         }
         let exit_code = match status {
             RunStatus::Success => Some(0),
@@ -638,7 +682,7 @@ impl PythonRuntime {
 
     /// Interrupt the session's running cell; false when it has no live kernel.
     pub async fn interrupt(&self, session_id: &str) -> bool {
-        let live = lock(&self.live).get(session_id).cloned();
+        let live = lock(&self.kernels).live(session_id);
         match live {
             Some(k) => k.kernel.interrupt().await.is_ok(),
             None => false,
@@ -653,7 +697,7 @@ impl PythonRuntime {
         msg_type: &str,
         content: serde_json::Value,
     ) -> bool {
-        let live = lock(&self.live).get(session_id).cloned();
+        let live = lock(&self.kernels).live(session_id);
         match live {
             Some(k) => k.kernel.send_control(msg_type, content).await.is_ok(),
             None => false,
@@ -662,8 +706,7 @@ impl PythonRuntime {
 
     /// Shut the session's kernel down; the next call starts a fresh one. Files stay.
     pub fn restart(&self, session_id: &str) -> bool {
-        let removed = lock(&self.live).remove(session_id);
-        lock(&self.lost).remove(session_id);
+        let removed = lock(&self.kernels).set(session_id, KernelState::Restarted);
         match removed {
             Some(k) => {
                 k.kernel.shutdown();
@@ -673,13 +716,15 @@ impl PythonRuntime {
         }
     }
 
-    /// Forget a deleted or expired session's kernel.
+    /// Forget a deleted or expired session, with its kernel.
     pub fn forget(&self, session_id: &str) {
-        self.restart(session_id);
+        if let Some(KernelState::Live(k)) = lock(&self.kernels).0.remove(session_id) {
+            k.kernel.shutdown();
+        }
     }
 
     pub fn live_kernels(&self) -> usize {
-        lock(&self.live).len()
+        lock(&self.kernels).lives().count()
     }
 
     pub fn pooled_kernels(&self) -> usize {
@@ -695,8 +740,8 @@ impl PythonRuntime {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let idle: Vec<String> = lock(&this.live)
-                    .iter()
+                let idle: Vec<String> = lock(&this.kernels)
+                    .lives()
                     .filter(|(_, k)| {
                         !k.busy.load(Ordering::SeqCst)
                             && lock(&k.last_used).elapsed() > this.settings.idle_shutdown
@@ -707,11 +752,8 @@ impl PythonRuntime {
                     let Some(_turn) = this.turns.try_take(&sid) else {
                         continue;
                     };
-                    if let Some(k) = lock(&this.live).remove(&sid) {
-                        k.kernel.shutdown();
-                    }
-                    lock(&this.lost).insert(
-                        sid,
+                    lock(&this.kernels).lose(
+                        &sid,
                         "its kernel was shut down after being idle (KERNEL_IDLE_SECONDS)",
                     );
                 }
@@ -734,7 +776,7 @@ fn kernel_env(process: &ProcessRuntime) -> Vec<(String, String)> {
 }
 
 /// A slot counted against `MAX_SESSIONS` while its kernel starts; given back when dropped
-/// (by then the kernel is in `live`, or failed).
+/// (by then the kernel is in `kernels`, or failed).
 struct Reservation<'a>(&'a AtomicUsize);
 
 impl Drop for Reservation<'_> {
