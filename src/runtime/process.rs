@@ -732,7 +732,7 @@ async fn supervise(
     // A fork refused at the limit is reported even when the program ended before a check
     // saw it (a shell that exits 0 after its fork bomb failed).
     if stop.is_none() && process.hit_process_limit() {
-        stop = Some(Stop::Processes);
+        stop = Some(Stop::Processes(req.limits.processes));
     }
     // Everything else in the sandbox dies with it; the pipes close once it is gone.
     process.kill_tree();
