@@ -22,7 +22,7 @@ endif
 E2E_BINARY ?= $(DEBUG_BIN)
 
 .PHONY: help install bootstrap run dev test lint format-check typecheck openapi fuzz bench \
-	e2e image image-test build build-debug check-rust web ui-dev
+	e2e image image-test build build-debug check-rust web ui-dev helm-check
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,8 +36,11 @@ dev: bootstrap build-debug ## Debug build, served with debug logs and request lo
 	DATA_DIR=$${DATA_DIR:-$(RUN_DATA_DIR)} LOG_LEVEL=$${LOG_LEVEL:-code_interpreter=debug,info} \
 		LOG_REQUESTS=$${LOG_REQUESTS:-true} ./$(DEBUG_BIN) serve
 
-test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchmark smoke, smoke scripts, README, image
+test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchmark smoke, smoke scripts, README, image, Helm chart
 	$(CARGO) test --locked
+	# The file API again, against Redis + S3 (STORE=shared); tests/shared_store.rs ran above.
+	CODE_INTERPRETER_TEST_STORE=shared $(CARGO) test --locked --test files_api
+	deploy/helm/check
 	tests/mcp/run.sh -q
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/librechat/run.sh
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/browser/run.sh
@@ -45,6 +48,9 @@ test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchm
 	BENCH_BINARY=$(DEBUG_BIN) $(PYTHON) bench/run.py --quick --out target/bench-smoke
 	$(MAKE) --no-print-directory e2e
 	$(MAKE) --no-print-directory image-test
+
+helm-check: ## Render the Helm chart and validate it against the Kubernetes schemas (kubeconform)
+	deploy/helm/check
 
 e2e: bootstrap build-debug ## Start a server, run the smoke scripts (e2e/run_all.sh) and the README's examples
 	E2E_REQUIRE_ALL=1 e2e/with-server.sh $(E2E_BINARY) e2e/run_all.sh

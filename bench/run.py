@@ -1755,6 +1755,160 @@ def kernel_density(ctx: Ctx, res: Result) -> None:
     )
 
 
+class SharedParts:
+    """redis-server and SeaweedFS (`weed mini`) on free loopback ports, for STORE=shared."""
+
+    BUCKET = "code-interpreter-bench"
+
+    def __init__(self, root: Path):
+        tools = Path(os.environ.get("TOOLS_DIR", "/var/cache/code-interpreter/tools"))
+        self.weed = tools / "bin" / "weed"
+        self.redis = shutil.which("redis-server")
+        if not self.weed.exists() or not self.redis:
+            raise Skip("redis-server or weed is missing (scripts/install-cluster-tools)")
+        self.root = root / "shared"
+        self.root.mkdir(exist_ok=True)
+        self.redis_port, self.s3_port = free_port(), free_port()
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        (self.root / "redis").mkdir(exist_ok=True)
+        (self.root / "weed").mkdir(exist_ok=True)
+        self.procs.append(subprocess.Popen(
+            [self.redis, "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.root / "redis")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        ports = [free_port() for _ in range(9)]
+        flags = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                 "filer.port.grpc", "admin.port", "admin.port.grpc", "s3.port.grpc"]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+        self.procs.append(subprocess.Popen(
+            [str(self.weed), "mini", f"-dir={self.root / 'weed'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-s3.port={self.s3_port}", *[f"-{f}={p}" for f, p in zip(flags, ports)],
+             "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
+             f"-bucket={self.BUCKET}"],
+            cwd=self.root / "weed", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
+        filer = f"http://127.0.0.1:{ports[4]}/buckets/{self.BUCKET}/"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(filer, headers={"Accept": "application/json"}, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise ScenarioError("SeaweedFS did not create its bucket within 60 s")
+
+    def env(self) -> dict[str, str]:
+        return {
+            "STORE": "shared",
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "REDIS_KEY_PREFIX": f"bench-{secrets.token_hex(4)}:",
+            "S3_ENDPOINT": f"http://127.0.0.1:{self.s3_port}",
+            "S3_BUCKET": self.BUCKET,
+            "S3_ACCESS_KEY_ID": "bench",
+            "S3_SECRET_ACCESS_KEY": "bench-secret",
+        }
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait(timeout=15)
+
+
+@scenario(
+    "shared_store",
+    "STORE=shared (Redis + S3) against the local store",
+    "The same calls, interleaved, on the main server (STORE=local) and on a second one with "
+    "STORE=shared on a real redis-server and SeaweedFS (weed mini) on loopback: a warm Python "
+    "call, a bash run that writes 10 files of 10 KiB (each written back to the bucket), and a "
+    "100 MiB upload then download. Then two shared nodes: one runs a cell and is killed "
+    "(SIGKILL); the time until the other answers the session's next call (files hydrated "
+    "from the bucket, a new kernel). No goals yet: the overhead is reported.",
+)
+def shared_store(ctx: Ctx, res: Result) -> None:
+    parts = SharedParts(ctx.scratch)
+    parts.start()
+    env = {"KERNEL_POOL_SIZE": os.environ.get("KERNEL_POOL_SIZE", "2"), **parts.env()}
+    shared = Server(ctx.server.binary, ctx.runtime_dir, keep=False, extra_env=env)
+    servers: list[Server] = [shared]
+    try:
+        shared.start()
+        apis = {"local": ctx.api, "shared": Api(shared)}
+        sids = {k: a.exec("py", "print(1+1)", expect_stdout="2\n")[1]["session_id"] for k, a in apis.items()}
+        warm: dict[str, list[float]] = {"local": [], "shared": []}
+        files: dict[str, list[float]] = {"local": [], "shared": []}
+        ten = "for i in $(seq 10); do head -c 10240 /dev/urandom > f$i.bin; done; echo ok"
+        for _ in range(ctx.reps(3, 1)):
+            for k, a in apis.items():
+                a.exec("py", "print(1+1)", session_id=sids[k], expect_stdout="2\n")
+        for _ in range(ctx.reps(100, 10)):
+            for k, a in apis.items():
+                warm[k].append(a.exec("py", "print(1+1)", session_id=sids[k], expect_stdout="2\n")[0])
+        for _ in range(ctx.reps(30, 3)):
+            for k, a in apis.items():
+                e, j = a.exec("bash", ten, session_id=sids[k], expect_stdout="ok\n")
+                if len(j.get("files") or []) != 10:
+                    raise ScenarioError(f"{k}: the run reported {len(j.get('files') or [])} files, not 10")
+                files[k].append(e)
+
+        size = 100 * MIB if not ctx.quick else 16 * MIB
+        path = ctx.scratch / "shared-upload.bin"
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+        up: dict[str, list[float]] = {"local": [], "shared": []}
+        down: dict[str, list[float]] = {"local": [], "shared": []}
+        try:
+            for _ in range(ctx.reps(3, 1)):
+                for k, a in apis.items():
+                    body = MultipartFile(path, "file", "big.bin")
+                    t0 = time.perf_counter()
+                    r = a.http.post(a.url("/upload"), data=body, headers={"Content-Type": body.content_type},
+                                    timeout=HTTP_TIMEOUT)
+                    up[k].append(ms_since(t0))
+                    if r.status_code != 200:
+                        raise ScenarioError(f"{k}: POST /upload {describe(r)}")
+                    sid, fid = r.json()["session_id"], r.json()["files"][0]["id"]
+                    t0 = time.perf_counter()
+                    r = a.http.get(a.url(f"/download/{sid}/{fid}"), timeout=HTTP_TIMEOUT)
+                    down[k].append(ms_since(t0))
+                    if r.status_code != 200 or len(r.content) != size:
+                        raise ScenarioError(f"{k}: GET /download {describe(r)}")
+                    a.delete_session(sid)
+        finally:
+            path.unlink(missing_ok=True)
+
+        # Two shared nodes: the one that ran the session dies, the other takes the next call.
+        failover: list[float] = []
+        for _ in range(ctx.reps(3, 1)):
+            a_node = Server(ctx.server.binary, ctx.runtime_dir, keep=False, extra_env=env)
+            servers.append(a_node)
+            a_node.start()
+            _, j = Api(a_node).exec("py", "open('state.txt', 'w').write('x')\nprint('ok')", expect_stdout="ok\n")
+            os.killpg(a_node.proc.pid, signal.SIGKILL)
+            a_node.proc.wait(timeout=15)
+            t0 = time.perf_counter()
+            _, j2 = apis["shared"].exec("py", "print(open('state.txt').read())", session_id=j["session_id"],
+                                        expect_stdout="x\n")
+            failover.append(ms_since(t0))
+            if "state of this session was lost" not in (j2.get("stderr") or ""):
+                raise ScenarioError("the surviving node did not say the kernel was lost")
+    finally:
+        for s in servers:
+            s.stop()
+        parts.stop()
+
+    for label, series in [("warm py print(1+1)", warm), ("bash run writing 10 files", files),
+                          (f"upload {size // MIB} MiB", up), (f"download {size // MIB} MiB", down)]:
+        b = res.add(f"{label}, STORE=local (baseline)", series["local"], role="baseline")
+        a = res.add(f"{label}, STORE=shared", series["shared"])
+        res.info(f"{label}: shared − local (p50)", f"{a.p50 - b.p50:+.1f} ms ({a.p50 / b.p50:.2f}×)")
+    f = res.add("node killed → next call answered by another node", failover)
+    res.info("failover: SIGKILL of the session's node → the other node's answer (p50)", fmt_ms(f.p50) + " ms")
+    res.notes.append("the shared server downloads from its own cache (it wrote the file); a node without "
+                     "the file streams it from the bucket")
+
 # ----------------------------------------------------------------------------- machine
 
 

@@ -61,6 +61,14 @@ pub enum NetworkPolicy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// SQLite and workspace directories under `DATA_DIR` (one machine).
+    Local,
+    /// Metadata in Redis, file bytes in an S3 bucket, `DATA_DIR` as this node's cache.
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExecutionProfile {
     Default,
     Stateful,
@@ -444,6 +452,65 @@ pub struct Settings {
     /// Largest notebook per session in MiB; later cells are left out (the notebook says so).
     #[arg(long, env = "NOTEBOOK_MAX_MB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096), global = true)]
     pub notebook_max_mb: u64,
+
+    /// Where sessions and files live: `local` (this machine) or `shared` (Redis + S3, for
+    /// several nodes).
+    #[arg(
+        long,
+        env = "STORE",
+        value_enum,
+        default_value = "local",
+        global = true
+    )]
+    pub store: StoreKind,
+
+    /// The Redis that holds metadata when `STORE=shared` (`redis://[:password@]host:port/db`).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    #[arg(
+        long,
+        env = "REDIS_KEY_PREFIX",
+        default_value = "code-interpreter:",
+        global = true
+    )]
+    pub redis_key_prefix: String,
+
+    /// The S3-compatible endpoint for file bytes when `STORE=shared` (path-style requests).
+    #[arg(long, env = "S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+
+    /// The bucket (it must exist).
+    #[arg(
+        long,
+        env = "S3_BUCKET",
+        default_value = "code-interpreter",
+        global = true
+    )]
+    pub s3_bucket: String,
+
+    /// The bucket's region (signing needs one; SeaweedFS and MinIO accept the default).
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1", global = true)]
+    pub s3_region: String,
+
+    /// The access key for the bucket (required with `STORE=shared`; no instance metadata is asked).
+    #[arg(long, env = "S3_ACCESS_KEY_ID", global = true, hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+
+    /// Its secret.
+    #[arg(
+        long,
+        env = "S3_SECRET_ACCESS_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: Option<String>,
 }
 
 impl Settings {
@@ -507,6 +574,25 @@ impl Settings {
             .map(|n| n as usize)
             .unwrap_or((total * 3 / 4).max(1))
             .min(total)
+    }
+
+    /// What `STORE=shared` connects to; an error names the missing setting.
+    pub fn shared_store(&self) -> Result<crate::store::SharedSettings, String> {
+        let need = |value: &Option<String>, name: &str| {
+            value
+                .clone()
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| format!("STORE=shared needs {name}"))
+        };
+        Ok(crate::store::SharedSettings {
+            redis_url: self.redis_url.clone(),
+            key_prefix: self.redis_key_prefix.clone(),
+            s3_endpoint: need(&self.s3_endpoint, "S3_ENDPOINT")?,
+            s3_bucket: self.s3_bucket.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_access_key_id: need(&self.s3_access_key_id, "S3_ACCESS_KEY_ID")?,
+            s3_secret_access_key: need(&self.s3_secret_access_key, "S3_SECRET_ACCESS_KEY")?,
+        })
     }
 
     pub fn session_disk_quota_bytes(&self) -> Option<u64> {

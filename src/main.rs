@@ -252,7 +252,18 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         )
     })?
     .with_body_idle_timeout(Duration::from_secs(settings.upload_idle_seconds));
-    let store: Arc<dyn store::Store> = Arc::new(store);
+    let store: Arc<dyn store::Store> = match settings.store {
+        config::StoreKind::Local => Arc::new(store),
+        config::StoreKind::Shared => {
+            let shared = settings.shared_store().map_err(anyhow::Error::msg)?;
+            let quota = settings.session_disk_quota_bytes();
+            Arc::new(
+                store::SharedStore::open(&shared, store, quota)
+                    .await
+                    .context("STORE=shared cannot start")?,
+            )
+        }
+    };
     let process = runtime::process::ProcessRuntime::new(
         Arc::clone(&sandbox),
         settings.runtime_dir.clone(),

@@ -170,6 +170,18 @@ impl From<StoreError> for ApiError {
                 ),
             ),
             StoreError::SessionNotFound => ApiError::session_not_found(),
+            StoreError::Unavailable { what, reason } => {
+                tracing::warn!(%what, %reason, "a shared store is unavailable");
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    format!(
+                        "The server cannot reach {what} right now; try again in a few seconds."
+                    ),
+                );
+                err.retry_after = Some(5);
+                err
+            }
             err @ (StoreError::Io(_) | StoreError::Db(_)) => ApiError::internal(err),
         }
     }

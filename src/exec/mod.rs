@@ -872,6 +872,10 @@ impl ExecService {
             let cancel = &disk_stop;
             let outcome = match language {
                 Language::PYTHON => {
+                    if self.store.claim_kernel(&session.id).await? {
+                        self.python
+                            .lose(&session.id, "it ran on another server node since");
+                    }
                     let had_kernel = self.store.note_kernel(&session.id).await?;
                     let cell = self
                         .python

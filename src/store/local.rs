@@ -182,6 +182,34 @@ impl LocalStore {
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
+    /// Add a session row with its (empty) workspace: a new session, or one that another
+    /// node created and this one now caches.
+    pub(super) async fn insert_session(&self, session: &Session) -> StoreResult<()> {
+        let workspace = self.workspace_path(&session.id);
+        std::fs::create_dir_all(&workspace).map_err(StoreError::from_io)?;
+        if let Some(uids) = &self.uids {
+            let uid = uids.allocate();
+            std::os::unix::fs::chown(&workspace, Some(uid), Some(uid))?;
+        }
+        let row = session.clone();
+        self.with_db(move |conn| {
+            conn.execute(
+                "INSERT INTO sessions (id, tenant, user_id, entity_id, created_at, last_used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    row.id,
+                    row.tenant.0,
+                    row.user_id,
+                    row.entity_id,
+                    row.created_at,
+                    row.last_used_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Take deleted sessions' workspaces away at once (a rename to the trash) and remove
     /// them in the background, to any depth. A kernel still dying writes into the trash,
     /// which is removed a few rounds over, and emptied again at the next start.
@@ -435,29 +463,7 @@ impl Store for LocalStore {
             created_at: now,
             last_used_at: now,
         };
-        let workspace = self.workspace_path(&session.id);
-        std::fs::create_dir_all(&workspace).map_err(StoreError::from_io)?;
-        if let Some(uids) = &self.uids {
-            let uid = uids.allocate();
-            std::os::unix::fs::chown(&workspace, Some(uid), Some(uid))?;
-        }
-        let row = session.clone();
-        self.with_db(move |conn| {
-            conn.execute(
-                "INSERT INTO sessions (id, tenant, user_id, entity_id, created_at, last_used_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    row.id,
-                    row.tenant.0,
-                    row.user_id,
-                    row.entity_id,
-                    row.created_at,
-                    row.last_used_at
-                ],
-            )?;
-            Ok(())
-        })
-        .await?;
+        self.insert_session(&session).await?;
         Ok(session)
     }
 

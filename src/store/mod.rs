@@ -1,5 +1,6 @@
-//! Sessions' metadata and bytes. Handlers talk to the [`Store`] trait only, so an
-//! object-storage backend can replace [`LocalStore`] (SQLite + workspace directories) later.
+//! Sessions' metadata and bytes. Handlers talk to the [`Store`] trait only: [`LocalStore`]
+//! (SQLite + workspace directories) on one machine, [`SharedStore`] (Redis + an S3 bucket,
+//! with a `LocalStore` as each node's workspace cache) on several.
 //!
 //! Uploads are two steps: [`Store::stage`] streams a body to a temporary file (size-capped,
 //! hashed on the way), and [`Store::commit`] moves staged files into a session atomically,
@@ -8,6 +9,7 @@
 mod floor;
 mod local;
 mod name;
+mod shared;
 mod tree;
 mod workspace;
 
@@ -22,6 +24,7 @@ use futures::stream::BoxStream;
 pub use floor::DiskFloor;
 pub use local::LocalStore;
 pub use name::FileName;
+pub use shared::{SharedSettings, SharedStore};
 pub use tree::{give_tree, remove_tree};
 
 use crate::session::{SessionOwner, Tenant};
@@ -143,6 +146,9 @@ pub enum StoreError {
     Io(#[from] io::Error),
     #[error("metadata database failed: {0}")]
     Db(#[from] rusqlite::Error),
+    /// A shared part (Redis, the bucket) did not answer or refused; `what` names it.
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable { what: &'static str, reason: String },
 }
 
 impl StoreError {
@@ -226,6 +232,13 @@ pub trait Store: Send + Sync {
     /// Record that the session has had a Python kernel; returns whether it had one before
     /// (possibly in an earlier server process, whose kernels are gone).
     async fn note_kernel(&self, session_id: &str) -> StoreResult<bool>;
+
+    /// Record that this node runs the session's Python now; true when another node did
+    /// since this one last did (a kernel this node still holds for it is stale). One node
+    /// alone never sees that.
+    async fn claim_kernel(&self, _session_id: &str) -> StoreResult<bool> {
+        Ok(false)
+    }
 
     /// The workspace's regular files as they are on disk now (no symlinks, no tool litter).
     async fn snapshot(&self, session_id: &str) -> StoreResult<Snapshot>;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod shared;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,6 +76,12 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // CODE_INTERPRETER_TEST_STORE=shared: the same tests against Redis + S3.
+        if shared::wanted() && !env.iter().any(|(k, _)| *k == "STORE") {
+            for (k, v) in shared::SharedParts::get().env(&shared::prefix_for(data_dir)) {
+                cmd.env(k, v);
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -108,6 +116,12 @@ impl TestServer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kill with SIGKILL (no chance to clean up, as when a machine dies) and wait.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stop with SIGTERM (graceful) and wait.

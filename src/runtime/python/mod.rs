@@ -716,6 +716,15 @@ impl PythonRuntime {
         }
     }
 
+    /// The session's kernel here no longer holds its state (the session ran on another
+    /// node since): shut it down, and tell the session so on its next call.
+    pub fn lose(&self, session_id: &str, reason: &'static str) {
+        let mut kernels = lock(&self.kernels);
+        if kernels.live(session_id).is_some() {
+            kernels.lose(session_id, reason);
+        }
+    }
+
     /// Forget a deleted or expired session, with its kernel.
     pub fn forget(&self, session_id: &str) {
         if let Some(KernelState::Live(k)) = lock(&self.kernels).0.remove(session_id) {
