@@ -122,7 +122,7 @@ pub enum Stop {
 pub enum Aftermath {
     /// A one-shot program: it and everything it started are gone.
     Stopped,
-    /// A kernel cell got `KeyboardInterrupt`; the session's state was kept.
+    /// A kernel cell was interrupted or its fork refused; the session's state was kept.
     Interrupted,
     /// The kernel was stopped (killed or restarted); its state was lost, its files kept.
     KernelLost,
@@ -168,6 +168,10 @@ impl Stop {
             (Stop::Output { stream, cap }, _) => format!(
                 "The cell's {} passed the output limit of {cap} bytes and it was interrupted.",
                 stream.name()
+            ),
+            (Stop::Processes(n), Aftermath::Interrupted) => format!(
+                "The cell reached the limit of {} processes: a fork was refused.",
+                n.unwrap_or_default()
             ),
             (Stop::Processes(n), _) => format!(
                 "The run reached the limit of {} processes and was stopped.",

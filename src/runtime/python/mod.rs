@@ -641,11 +641,8 @@ impl PythonRuntime {
         let forks_refused = lost.is_none() && handle.process_limit_hits() > forks_refused_before;
         let (status, message) = match status {
             RunStatus::Success | RunStatus::Error if forks_refused => {
-                let limit = format!(
-                    "The cell reached the limit of {} processes: a fork was refused.",
-                    self.settings.limits.processes.unwrap_or_default()
-                );
-                (RunStatus::Killed, Some(limit))
+                let stop = Stop::Processes(self.settings.limits.processes);
+                (stop.status(), Some(stop.message(Aftermath::Interrupted)))
             }
             _ => (status, message),
         };
