@@ -511,6 +511,18 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub s3_secret_access_key: Option<String>,
+
+    /// With `STORE=shared`: the URL other nodes reach this one at (e.g. `http://10.0.0.5:8000`).
+    /// Set, the node takes part in the session directory: calls for a session whose Python
+    /// kernel another live node holds are forwarded there. Unset, every node runs every call
+    /// itself, on a new kernel when the session's was elsewhere.
+    #[arg(long, env = "NODE_URL", global = true)]
+    pub node_url: Option<String>,
+
+    /// How long a node's lease in the session directory lasts without renewal (it renews a
+    /// third of the way); a node that stops answering loses its sessions after this long.
+    #[arg(long, env = "NODE_LEASE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=600), global = true)]
+    pub node_lease_seconds: u64,
 }
 
 impl Settings {

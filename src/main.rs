@@ -147,6 +147,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         started: Instant::now(),
         metrics,
         shutdown: CancellationToken::new(),
+        forwarder: None,
     };
 
     let addr = std::net::SocketAddr::new(settings.host, settings.port);
@@ -161,6 +162,25 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening");
+    // Several nodes: this one joins the session directory once it listens.
+    let mut state = state;
+    let store = Arc::clone(&state.store);
+    let lease = Duration::from_secs(settings.node_lease_seconds);
+    match (store.node_id(), settings.node_url.as_deref()) {
+        (Some(id), Some(url)) => {
+            state.forwarder = Some(Arc::new(
+                api::Forwarder::new(id.to_owned(), lease)
+                    .context("the client for other nodes cannot be made")?,
+            ));
+            spawn_node_lease(Arc::clone(&store), url.to_owned(), lease);
+            tracing::info!(node = %id, %url, "in the session directory");
+        }
+        (Some(_), None) => tracing::warn!(
+            "STORE=shared without NODE_URL: this node never forwards a call, and a session's Python state stays only while its calls keep coming here"
+        ),
+        (None, Some(_)) => tracing::warn!("NODE_URL is set but STORE is not shared: it is ignored"),
+        (None, None) => {}
+    }
     let streams = state.shutdown.clone();
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
@@ -169,6 +189,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         })
         .await
         .context("the HTTP server failed")?;
+    store.release_node().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -326,6 +347,30 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         sandbox,
         readiness,
     })
+}
+
+/// Keep this node's lease in the session directory, renewed a third of the way through.
+fn spawn_node_lease(store: Arc<dyn store::Store>, url: String, lease: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match store.renew_node(&url, lease).await {
+                Ok(()) if failing => {
+                    tracing::info!("this node's lease is renewed again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(err) if !failing => {
+                    tracing::warn!(error = %err, "this node's lease cannot be renewed; other nodes take its sessions when it ends");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 /// Resolve on SIGTERM or SIGINT, so in-flight requests can finish.

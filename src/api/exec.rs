@@ -9,18 +9,18 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::wire::download_path;
+use super::{AppState, forward};
 use crate::exec::{
     CancelOnDrop, ExecError, ExecEvent, ExecRequest, ExecResult, FileRef, OutputFile, RunHandle,
 };
@@ -360,7 +360,8 @@ pub(super) fn file_refs(files: Option<Vec<FileRefBody>>) -> ApiResult<Vec<FileRe
         .collect()
 }
 
-/// Check and convert the JSON body. Every mistake gets its own sentence.
+/// Check and convert the JSON body. Every mistake gets its own sentence. The rate limit is
+/// [`admit`]'s, once the run is known to be this node's.
 pub fn parse_request(
     state: &AppState,
     identity: &Identity,
@@ -434,8 +435,28 @@ pub fn parse_request(
         files,
         timeout: body.timeout.map(Duration::from_millis),
     };
-    admit(state, &request.tenant, request.owner.user_id.as_deref())?;
     Ok(request)
+}
+
+/// Where a parsed run goes: the answer of the node that holds its session's kernel
+/// (several nodes), or `None` after admitting it here (`RATE_LIMIT_EXEC_PER_MINUTE`
+/// counts it where it runs).
+async fn forward_or_admit(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    raw: Bytes,
+    request: &ExecRequest,
+) -> ApiResult<Option<Response>> {
+    if state.forwarder.is_some()
+        && let Some(sid) = state.exec.stateful_session(request).await?
+        && let Some(answer) =
+            forward::to_owner(state, &sid, Method::POST, uri, headers, raw).await?
+    {
+        return Ok(Some(answer));
+    }
+    admit(state, &request.tenant, request.owner.user_id.as_deref())?;
+    Ok(None)
 }
 
 /// `RATE_LIMIT_EXEC_PER_MINUTE` for a run about to start (`/exec`, `/exec/stream`, a new
@@ -582,14 +603,20 @@ impl StreamFrame {
 pub async fn exec_stream(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>> {
+) -> ApiResult<Response> {
+    let raw = body.as_ref().cloned().unwrap_or_default();
     let request = parse_request(&state, &identity, &headers, body)?;
+    if let Some(answer) = forward_or_admit(&state, &uri, &headers, raw, &request).await? {
+        return Ok(answer);
+    }
     let started = state.exec.start(request).await?;
     let session_id = started.session_id;
-    let first =
-        futures::stream::once(async move { Ok(StreamFrame::Session { session_id }.event()) });
+    let first = futures::stream::once(async move {
+        Ok::<_, Infallible>(StreamFrame::Session { session_id }.event())
+    });
     // The run goes on in its own task; the stream holds a guard that cancels it when the
     // client leaves (unless STREAM_CANCEL_ON_DISCONNECT is off).
     let guard = disconnect_guard(&state, &started.handle);
@@ -597,11 +624,13 @@ pub async fn exec_stream(
         let _ = &guard;
         Ok(StreamFrame::of(&event).event())
     });
-    Ok(Sse::new(first.chain(rest)).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(KEEP_ALIVE_SECONDS))
-            .text("keep-alive"),
-    ))
+    Ok(Sse::new(first.chain(rest))
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(KEEP_ALIVE_SECONDS))
+                .text("keep-alive"),
+        )
+        .into_response())
 }
 
 /// Comments on an idle stream keep proxies, and clients whose idle sockets time out after
@@ -643,13 +672,20 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 pub async fn exec(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let raw = body.as_ref().cloned().unwrap_or_default();
     let request = match parse_request(&state, &identity, &headers, body) {
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
+    match forward_or_admit(&state, &uri, &headers, raw, &request).await {
+        Ok(None) => {}
+        Ok(Some(answer)) => return answer,
+        Err(err) => return err.into_response(),
+    }
     let late = LateFailure {
         session_id: request
             .session_id
@@ -745,9 +781,16 @@ fn check_session_id(sid: &str) -> ApiResult<()> {
 pub async fn interrupt(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
     axum::extract::Path(sid): axum::extract::Path<String>,
-) -> ApiResult<Json<KernelAction>> {
+) -> ApiResult<Response> {
     check_session_id(&sid)?;
+    if let Some(answer) =
+        forward::to_owner(&state, &sid, Method::POST, &uri, &headers, Bytes::new()).await?
+    {
+        return Ok(answer);
+    }
     let applied = state.exec.interrupt(&tenant, &sid).await?;
     Ok(Json(KernelAction {
         session_id: sid,
@@ -757,7 +800,8 @@ pub async fn interrupt(
         } else {
             "Nothing was running in the session.".into()
         },
-    }))
+    })
+    .into_response())
 }
 
 /// Restart the session's Python kernel: variables are lost, files are kept.
@@ -770,15 +814,23 @@ pub async fn interrupt(
 pub async fn restart(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
     axum::extract::Path(sid): axum::extract::Path<String>,
-) -> ApiResult<Json<KernelAction>> {
+) -> ApiResult<Response> {
     check_session_id(&sid)?;
+    if let Some(answer) =
+        forward::to_owner(&state, &sid, Method::POST, &uri, &headers, Bytes::new()).await?
+    {
+        return Ok(answer);
+    }
     let applied = state.exec.restart(&tenant, &sid).await?;
     Ok(Json(KernelAction {
         session_id: sid,
         applied,
         message: "The next Python call starts a fresh kernel; files in /mnt/data are kept.".into(),
-    }))
+    })
+    .into_response())
 }
 
 #[cfg(test)]

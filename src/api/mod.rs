@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod exec;
 mod files;
+mod forward;
 mod limits;
 mod notebook;
 mod openapi;
@@ -32,6 +33,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tracing::Instrument;
 
 use error::ApiError;
+pub use forward::Forwarder;
 pub use openapi::document as openapi_json;
 
 use crate::config::Settings;
@@ -55,6 +57,8 @@ pub struct AppState {
     /// Cancelled when the server stops, to end long-lived streams (MCP's SSE) that would
     /// otherwise hold a graceful shutdown open.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Several nodes: how calls reach the node that holds a session's kernel.
+    pub forwarder: Option<Arc<Forwarder>>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -687,6 +687,24 @@ impl ExecService {
         Ok(self.store.create_session(&req.tenant, &req.owner).await?)
     }
 
+    /// The existing session `req` would run in (as [`Self::resolve_session`] picks it) when
+    /// its language keeps state in a kernel: the calls several nodes must send to one node.
+    pub async fn stateful_session(&self, req: &ExecRequest) -> Result<Option<String>, ExecError> {
+        if !Language::parse(&req.lang).is_some_and(Language::stateful) {
+            return Ok(None);
+        }
+        if let Some(sid) = req.session_id.as_deref().filter(|s| is_valid_id(s))
+            && let Some(s) = self.store.session(&req.tenant, sid).await?
+        {
+            return Ok(Some(s.id));
+        }
+        Ok(self
+            .store
+            .latest_session_for(&req.tenant, &req.owner)
+            .await?
+            .map(|s| s.id))
+    }
+
     async fn resolve_inputs(
         &self,
         req: &ExecRequest,

@@ -163,6 +163,18 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Where a session's calls that need its Python kernel run: the session directory of
+/// several nodes. One node always answers [`Placement::Here`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On this node: it holds the session, or nobody does.
+    Here,
+    /// The node that held it is gone (its lease ended): this node takes it, on a new kernel.
+    Orphaned,
+    /// On another node whose lease is live, reached at `url`.
+    Node { id: String, url: String },
+}
+
 /// A request body as a stream of chunks; an `Err` means the client went away or sent garbage.
 pub type BodyStream<'a> = BoxStream<'a, Result<Bytes, io::Error>>;
 
@@ -239,6 +251,24 @@ pub trait Store: Send + Sync {
     async fn claim_kernel(&self, _session_id: &str) -> StoreResult<bool> {
         Ok(false)
     }
+
+    /// Which node's kernel serves the session's Python (several nodes only).
+    async fn placement(&self, _session_id: &str) -> StoreResult<Placement> {
+        Ok(Placement::Here)
+    }
+
+    /// This node's name among several; `None` on one node.
+    fn node_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Say that this node is alive and reached at `url`, for `lease` from now.
+    async fn renew_node(&self, _url: &str, _lease: Duration) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Say that this node is gone (a clean stop), so its sessions are taken at once.
+    async fn release_node(&self) {}
 
     /// The workspace's regular files as they are on disk now (no symlinks, no tool litter).
     async fn snapshot(&self, session_id: &str) -> StoreResult<Snapshot>;

@@ -35,8 +35,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    BodyStream, FileMeta, FileName, FileOrigin, LocalStore, NewFile, ReadOnlyCopies, Session,
-    Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
+    BodyStream, FileMeta, FileName, FileOrigin, LocalStore, NewFile, Placement, ReadOnlyCopies,
+    Session, Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
 };
 use crate::session::{SessionOwner, Tenant, new_id};
 
@@ -290,7 +290,18 @@ redis.call('HSET', s, 'knode', ARGV[3])
 return (before and before ~= ARGV[3]) and 1 or 0
 "#;
 
+/// ARGV: prefix, session, node → false (nobody else holds it), [node] (its lease ended) or
+/// [node, url] (its lease is live).
+const PLACE: &str = r#"
+local owner = redis.call('HGET', ARGV[1] .. 's:' .. ARGV[2], 'knode')
+if not owner or owner == ARGV[3] then return false end
+local url = redis.call('GET', ARGV[1] .. 'n:' .. owner)
+if not url then return {owner} end
+return {owner, url}
+"#;
+
 struct Scripts {
+    place: redis::Script,
     claim_kernel: redis::Script,
     touch: redis::Script,
     latest: redis::Script,
@@ -304,6 +315,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Scripts {
+            place: redis::Script::new(PLACE),
             claim_kernel: redis::Script::new(CLAIM_KERNEL),
             touch: redis::Script::new(TOUCH),
             latest: redis::Script::new(LATEST),
@@ -1102,6 +1114,49 @@ impl Store for SharedStore {
             .await
             .map_err(redis_error)?;
         Ok(moved == 1)
+    }
+
+    async fn placement(&self, session_id: &str) -> StoreResult<Placement> {
+        let owner: Option<Vec<String>> = self
+            .scripts
+            .place
+            .arg(&self.prefix)
+            .arg(session_id)
+            .arg(&self.node_id)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        let mut owner = owner.unwrap_or_default().into_iter();
+        Ok(match (owner.next(), owner.next()) {
+            (Some(id), Some(url)) => Placement::Node { id, url },
+            (Some(_), None) => Placement::Orphaned,
+            _ => Placement::Here,
+        })
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        Some(&self.node_id)
+    }
+
+    async fn renew_node(&self, url: &str, lease: Duration) -> StoreResult<()> {
+        redis::cmd("SET")
+            .arg(self.key("n", &self.node_id))
+            .arg(url)
+            .arg("PX")
+            .arg(lease.as_millis().max(1) as u64)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn release_node(&self) {
+        let removed = redis::cmd("DEL")
+            .arg(self.key("n", &self.node_id))
+            .query_async::<()>(&mut self.conn())
+            .await;
+        if let Err(err) = removed {
+            tracing::warn!(error = %err, "this node's lease could not be removed; it ends on its own");
+        }
     }
 
     async fn snapshot(&self, session_id: &str) -> StoreResult<Snapshot> {

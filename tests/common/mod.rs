@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod shared;
 
 use std::net::TcpListener;
@@ -63,10 +64,33 @@ impl TestServer {
                 c
             }
         };
+        Self::configure(&mut cmd, "127.0.0.1", port, data_dir, env);
+        Self::spawn(cmd, format!("http://127.0.0.1:{port}"), data_dir).await
+    }
+
+    /// A server inside network namespace `ns`, listening on its address, port 8000. Call it
+    /// from a thread inside a namespace on the same bridge (the server is asked when it is
+    /// ready from there).
+    pub async fn start_in_netns(ns: &netns::Netns, env: &[(&str, &str)]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            temp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let data_dir = temp.path().join("data");
+        let mut cmd = ns.command(env!("CARGO_BIN_EXE_code-interpreter"));
+        Self::configure(&mut cmd, "0.0.0.0", 8000, &data_dir, env);
+        let mut server = Self::spawn(cmd, format!("http://{}:8000", ns.ip), &data_dir).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    fn configure(cmd: &mut Command, host: &str, port: u16, data_dir: &Path, env: &[(&str, &str)]) {
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOST", "127.0.0.1")
+            .env("HOST", host)
             .env("PORT", port.to_string())
             .env("DATA_DIR", data_dir)
             .env("CODE_INTERPRETER_API_KEYS", format!("{KEY_A},{KEY_B}"))
@@ -85,10 +109,13 @@ impl TestServer {
         for (k, v) in env {
             cmd.env(k, v);
         }
+    }
+
+    async fn spawn(mut cmd: Command, base: String, data_dir: &Path) -> Self {
         let child = cmd.spawn().expect("the server binary starts");
         let server = TestServer {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base,
             data_dir: data_dir.to_path_buf(),
             _temp: None,
             client: reqwest::Client::new(),

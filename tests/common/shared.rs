@@ -13,6 +13,8 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::netns::Netns;
+
 pub const S3_KEY: &str = "test-access-key";
 pub const S3_SECRET: &str = "test-secret-key";
 pub const BUCKET: &str = "code-interpreter-test";
@@ -61,7 +63,8 @@ fn on_keeper<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     rx.recv().unwrap()
 }
 
-fn spawn_dying_with_us(mut cmd: Command) -> Child {
+/// Start `cmd` so that it dies with the test binary.
+pub fn spawn_dying_with_us(mut cmd: Command) -> Child {
     on_keeper(move || {
         unsafe {
             cmd.pre_exec(|| {
@@ -73,18 +76,28 @@ fn spawn_dying_with_us(mut cmd: Command) -> Child {
     })
 }
 
-fn wait_port(port: u16, what: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+/// Wait for `host:port` to take connections, asked from inside `netns` when given.
+pub fn wait_port(netns: Option<&Netns>, host: &str, port: u16, what: &str, within: Duration) {
+    let wait = || {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if TcpStream::connect((host, port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        panic!("{what} did not listen on {host}:{port} within {within:?}");
+    };
+    match netns {
+        Some(ns) => ns.run(wait),
+        None => wait(),
     }
-    panic!("{what} did not listen on 127.0.0.1:{port} within {within:?}");
 }
 
 pub struct SharedParts {
+    /// Where they listen: loopback, or an address inside `netns`.
+    pub host: String,
+    netns: Option<Netns>,
     pub redis_port: u16,
     pub s3_port: u16,
     dir: PathBuf,
@@ -102,12 +115,23 @@ impl SharedParts {
 
     /// Parts of one's own (a test that stops them must not disturb the others).
     pub fn start() -> SharedParts {
+        Self::start_at(None)
+    }
+
+    /// Parts listening on `netns`'s address, started inside it.
+    pub fn start_in(netns: &Netns) -> SharedParts {
+        Self::start_at(Some(netns))
+    }
+
+    fn start_at(netns: Option<&Netns>) -> SharedParts {
         let dir = tempfile::Builder::new()
             .prefix("ci-shared-")
             .tempdir()
             .unwrap()
             .keep();
         let parts = SharedParts {
+            host: netns.map_or_else(|| "127.0.0.1".to_owned(), |ns| ns.ip.to_string()),
+            netns: netns.cloned(),
             redis_port: free_port(),
             s3_port: free_port(),
             dir,
@@ -121,11 +145,11 @@ impl SharedParts {
     }
 
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.redis_port)
+        format!("redis://{}:{}/0", self.host, self.redis_port)
     }
 
     pub fn s3_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        format!("http://{}:{}", self.host, self.s3_port)
     }
 
     /// The settings a server needs for `STORE=shared`, its keys under `prefix`.
@@ -149,9 +173,11 @@ impl SharedParts {
     pub fn start_redis(&self) {
         let dir = self.dir.join("redis");
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port"])
+        let mut cmd = self.command("redis-server");
+        cmd.args(["--bind", &self.host, "--port"])
             .arg(self.redis_port.to_string())
+            // No password: it answers only on loopback or inside a test's own namespaces.
+            .args(["--protected-mode", "no"])
             .args([
                 "--save",
                 "",
@@ -166,7 +192,7 @@ impl SharedParts {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         *self.redis.lock().unwrap() = Some(spawn_dying_with_us(cmd));
-        wait_port(self.redis_port, "redis-server", Duration::from_secs(20));
+        self.wait_port(self.redis_port, "redis-server", Duration::from_secs(20));
     }
 
     pub fn stop_redis(&self) {
@@ -185,10 +211,11 @@ impl SharedParts {
         let data = self.dir.join("weed");
         std::fs::create_dir_all(&data).unwrap();
         let p = self.weed_ports;
-        let mut cmd = Command::new(weed);
+        let mut cmd = self.command(weed);
         cmd.arg("mini")
             .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-ip={}", self.host))
+            .arg(format!("-ip.bind={}", self.host))
             .arg(format!("-s3.port={}", self.s3_port))
             .arg(format!("-master.port={}", p[0]))
             .arg(format!("-master.port.grpc={}", p[1]))
@@ -209,16 +236,20 @@ impl SharedParts {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         *self.weed.lock().unwrap() = Some(spawn_dying_with_us(cmd));
-        wait_port(self.s3_port, "weed mini (S3)", Duration::from_secs(60));
+        self.wait_port(self.s3_port, "weed mini (S3)", Duration::from_secs(60));
         self.wait_bucket();
     }
 
     /// The S3 port opens before the bucket exists: wait until the filer lists it.
     fn wait_bucket(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let url = format!("http://127.0.0.1:{}/buckets/{BUCKET}/", self.weed_ports[4]);
+        let url = format!(
+            "http://{}:{}/buckets/{BUCKET}/",
+            self.host, self.weed_ports[4]
+        );
         while Instant::now() < deadline {
-            let out = Command::new("curl")
+            let out = self
+                .command("curl")
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
                 .args(["-H", "Accept: application/json"])
                 .arg(&url)
@@ -230,6 +261,17 @@ impl SharedParts {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the bucket {BUCKET} did not appear");
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        }
+    }
+
+    fn wait_port(&self, port: u16, what: &str, within: Duration) {
+        wait_port(self.netns.as_ref(), &self.host, port, what, within);
     }
 
     pub fn stop_weed(&self) {

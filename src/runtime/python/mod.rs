@@ -722,6 +722,12 @@ impl PythonRuntime {
         }
     }
 
+    /// The session's kernel was on a node that is gone: its next cell here says so (a kernel
+    /// this node may still hold for it is older than the session's state, and is shut down).
+    pub fn mark_lost(&self, session_id: &str, reason: &'static str) {
+        lock(&self.kernels).lose(session_id, reason);
+    }
+
     /// Forget a deleted or expired session, with its kernel.
     pub fn forget(&self, session_id: &str) {
         if let Some(KernelState::Live(k)) = lock(&self.kernels).0.remove(session_id) {

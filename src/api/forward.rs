@@ -1,0 +1,199 @@
+//! Several nodes (`STORE=shared` with `NODE_URL`): a call that needs a session's Python
+//! kernel is sent to the node whose kernel it is, and that node's answer is streamed back
+//! as it comes (the kept-alive `/exec` body and `/exec/stream`'s events alike).
+//!
+//! The store's session directory says which node holds a session and whether its lease is
+//! live. A node that refuses the connection is gone: the call runs here, on a new kernel.
+//! A node that does not answer at all is waited for until its lease ends (then the same);
+//! past the lease, the client gets a 503 with a sentence. A forwarded call carries
+//! [`FORWARDED_BY`] and is never forwarded again, so two nodes that disagree cannot bounce
+//! a call between them.
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use futures::TryStreamExt;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use crate::store::Placement;
+
+/// Set on a forwarded call: the id of the node that forwarded it.
+pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-code-interpreter-forwarded-by");
+
+/// How often a node that does not answer is asked again, its lease looked at in between.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+
+/// This node's name among the nodes and how it reaches the others.
+pub struct Forwarder {
+    node_id: String,
+    /// The other nodes' leases last this long; a silent node is waited for this much more.
+    lease: Duration,
+    client: reqwest::Client,
+}
+
+impl Forwarder {
+    pub fn new(node_id: String, lease: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            // Answers stream for as long as a run takes: no overall timeout. No connection
+            // is pooled: one to a node that died would fail a call that never reached it.
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Forwarder {
+            node_id,
+            lease,
+            client,
+        })
+    }
+}
+
+/// Why sending to a node failed.
+enum SendError {
+    /// Nothing listens at its address: it is gone.
+    Refused,
+    /// No connection within the connect timeout: it may be gone, or cut off.
+    Silent,
+    /// The connection broke after the call was sent: it may have run.
+    Broken(String),
+}
+
+/// The answer of the node that holds `session_id`'s kernel, when that is another live
+/// node; `None` when the call is this node's to run (one node, a forwarded call, a session
+/// this node holds, nobody holds, or whose node is gone).
+pub async fn to_owner(
+    state: &AppState,
+    session_id: &str,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Option<Response>> {
+    let Some(forwarder) = state.forwarder.as_deref() else {
+        return Ok(None);
+    };
+    if headers.contains_key(&FORWARDED_BY) {
+        return Ok(None);
+    }
+    let deadline = Instant::now() + forwarder.lease + Duration::from_secs(2);
+    loop {
+        let (node, url) = match state.store.placement(session_id).await? {
+            Placement::Here => return Ok(None),
+            Placement::Orphaned => {
+                state
+                    .exec
+                    .python()
+                    .mark_lost(session_id, "the server node that held it stopped");
+                return Ok(None);
+            }
+            Placement::Node { id, url } => (id, url),
+        };
+        match send(forwarder, &url, method.clone(), uri, headers, body.clone()).await {
+            Ok(response) => return Ok(Some(response)),
+            Err(SendError::Refused) => {
+                tracing::info!(session = %session_id, %node, "the node holding the session refused the connection; running it here");
+                state
+                    .exec
+                    .python()
+                    .mark_lost(session_id, "the server node that held it stopped");
+                return Ok(None);
+            }
+            Err(SendError::Silent) if Instant::now() < deadline => {
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            Err(SendError::Silent) => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "node_unavailable",
+                    "The server node that holds this session's Python kernel does not answer; try again in a few seconds.",
+                );
+                err.retry_after = Some(forwarder.lease.as_secs().max(1));
+                return Err(err);
+            }
+            Err(SendError::Broken(reason)) => {
+                tracing::warn!(session = %session_id, %node, %reason, "a forwarded call broke off");
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "node_failed",
+                    "The server node that holds this session's Python kernel stopped answering during the call; the call may have run. Look at the session's files before sending it again.",
+                ));
+            }
+        }
+    }
+}
+
+/// Headers that belong to one connection, not to the call.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+    ]
+    .contains(name)
+}
+
+async fn send(
+    forwarder: &Forwarder,
+    base: &str,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, SendError> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        if !hop_by_hop(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(id) = HeaderValue::from_str(&forwarder.node_id) {
+        out.insert(FORWARDED_BY, id);
+    }
+    let answer = forwarder
+        .client
+        .request(method, url)
+        .headers(out)
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| classify(&err))?;
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if !hop_by_hop(name) {
+            response = response.header(name, value);
+        }
+    }
+    let stream = answer.bytes_stream().map_err(std::io::Error::other);
+    response
+        .body(Body::from_stream(stream))
+        .map_err(|e| SendError::Broken(e.to_string()))
+}
+
+fn classify(err: &reqwest::Error) -> SendError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return SendError::Refused,
+                std::io::ErrorKind::TimedOut if err.is_connect() => return SendError::Silent,
+                _ => {}
+            }
+        }
+        source = e.source();
+    }
+    if err.is_connect() || (err.is_timeout() && !err.is_body()) {
+        SendError::Silent
+    } else {
+        SendError::Broken(err.to_string())
+    }
+}
