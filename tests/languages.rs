@@ -395,6 +395,7 @@ async fn every_registered_language_passes_the_same_table() {
     let tenants: Vec<_> = std::fs::read_dir(server.data_dir.join("cache/go"))
         .unwrap()
         .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
         .collect();
     assert_eq!(tenants.len(), 1, "{tenants:?}");

@@ -335,8 +335,9 @@ impl ProcessRuntime {
                     std::os::unix::fs::chown(&host, Some(uid), Some(gid))?;
                 }
             }
+            let parent = host.parent().unwrap_or(&host).to_path_buf();
             if let Some(seed) = seed
-                && let Err(err) = seed_cache(&seed, &host, owner)
+                && let Err(err) = local_seed(&seed, &parent).and_then(|seed| seed_cache(&seed, &host, owner))
             {
                 tracing::warn!(cache = %host.display(), error = %err, "could not seed a toolchain cache");
             }
@@ -915,6 +916,34 @@ fn seed_cache(seed: &Path, cache: &Path, owner: Option<(u32, u32)>) -> std::io::
     Ok(())
 }
 
+/// The seed on the caches' file system, so that each scope's cache links to it rather than
+/// copying it: the seed itself when it is there already, else one copy made once beside
+/// the scopes' caches (`.seed`).
+fn local_seed(seed: &Path, parent: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let local = parent.join(".seed");
+    if !seed.is_dir() || local.is_dir() {
+        return Ok(if local.is_dir() {
+            local
+        } else {
+            seed.to_path_buf()
+        });
+    }
+    if std::fs::metadata(seed)?.dev() == std::fs::metadata(parent)?.dev() {
+        return Ok(seed.to_path_buf());
+    }
+    let temp = tempfile::Builder::new()
+        .prefix(".seed-")
+        .tempdir_in(parent)?;
+    link_tree(seed, temp.path(), None)?;
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let temp = temp.keep();
+    if std::fs::rename(&temp, &local).is_err() {
+        std::fs::remove_dir_all(&temp)?;
+    }
+    Ok(local)
+}
+
 /// Regular files (hard-linked where possible) and directories (owned by `owner`) only.
 fn link_tree(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     if let Some((uid, gid)) = owner {
@@ -937,6 +966,31 @@ fn link_tree(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seed_on_another_file_system_is_copied_once_and_then_linked() {
+        use std::os::unix::fs::MetadataExt;
+        // /dev/shm is a tmpfs: another file system than the temporary directory's, mostly.
+        let seed = tempfile::tempdir_in("/dev/shm").unwrap();
+        std::fs::create_dir(seed.path().join("ab")).unwrap();
+        std::fs::write(seed.path().join("ab/entry"), b"compiled").unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let local = local_seed(seed.path(), parent.path()).unwrap();
+        let apart = std::fs::metadata(seed.path()).unwrap().dev()
+            != std::fs::metadata(parent.path()).unwrap().dev();
+        assert_eq!(local == parent.path().join(".seed"), apart);
+        assert_eq!(local_seed(seed.path(), parent.path()).unwrap(), local);
+        for scope in ["a", "b"] {
+            let cache = parent.path().join(scope);
+            std::fs::create_dir(&cache).unwrap();
+            seed_cache(&local, &cache, None).unwrap();
+            let entry = std::fs::metadata(cache.join("ab/entry")).unwrap();
+            assert_eq!(
+                entry.ino(),
+                std::fs::metadata(local.join("ab/entry")).unwrap().ino()
+            );
+        }
+    }
 
     #[test]
     fn versions_are_cleaned() {

@@ -1,6 +1,6 @@
 //! Go: the toolchain `scripts/bootstrap` unpacks into `RUNTIME_DIR/go` (a pinned release
-//! from the Go module proxy: Debian 12's own Go is 1.19). `go build` fills a shared
-//! `GOCACHE`, seeded with the standard library built at bootstrap.
+//! from the Go module proxy: Debian 12's own Go is 1.19). `go build` fills a `GOCACHE` per
+//! tenant, seeded with the standard library built at bootstrap.
 
 use super::{Recipe, Spec, ToolchainCache};
 
