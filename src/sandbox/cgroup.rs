@@ -10,13 +10,15 @@
 use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const GROUP_NAME: &str = "code-interpreter";
 /// Every run's CPU weight: the same for all, so a run that spins gets no more of the CPU than
 /// one that just started (the kernel's default weight, written explicitly).
 const RUN_CPU_SHARES: u64 = 1024;
+/// How long start-up waits for the processes of a dead server's groups to exit.
+const STALE_EXIT_WAIT: Duration = Duration::from_secs(5);
 /// The CFS period a CPU cap is expressed in.
 const CFS_PERIOD_US: u64 = 100_000;
 
@@ -115,8 +117,8 @@ impl CgroupV1 {
                     continue;
                 };
                 for run in runs.flatten().filter(|e| e.path().is_dir()) {
-                    kill_members(&run.path());
-                    let _ = std::fs::remove_dir(run.path());
+                    // A server killed a moment ago: its runs may still be exiting.
+                    remove_group(&run.path(), STALE_EXIT_WAIT);
                 }
                 if name != me {
                     let _ = std::fs::remove_dir(server.path());
@@ -187,6 +189,21 @@ fn read_keyed(path: &Path, key: &str) -> Option<u64> {
             let (k, v) = line.split_once(' ')?;
             (k == key).then(|| v.trim().parse().ok()).flatten()
         })
+}
+
+/// Kill what is in `dir` and remove it, waiting up to `wait` for the last members to exit
+/// (rmdir fails with EBUSY until they have).
+fn remove_group(dir: &Path, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        kill_members(dir);
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => return,
+        }
+    }
 }
 
 fn kill_members(dir: &Path) {

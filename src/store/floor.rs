@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::{StoreError, StoreResult};
 
+/// Below this much free space a filesystem counts as full even with the floor off: a run or
+/// an upload started there fails half-way (its source file, a database page, a staged part).
+const FULL_BELOW: u64 = 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct DiskFloor {
     dir: PathBuf,
@@ -36,10 +40,12 @@ impl DiskFloor {
         Some(self.free()?.saturating_sub(self.min_free))
     }
 
-    /// Refuse when writing `more` bytes would take free space below the floor.
+    /// Refuse when writing `more` bytes would take free space below the floor, and, floor or
+    /// not, when the disk is full (less than `FULL_BELOW` free).
     pub fn check(&self, more: u64) -> StoreResult<()> {
         match self.room() {
             Some(room) if room <= more => Err(self.refusal()),
+            _ if self.free().is_some_and(|free| free < FULL_BELOW) => Err(StoreError::DiskFull),
             _ => Ok(()),
         }
     }
