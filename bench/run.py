@@ -280,7 +280,8 @@ class Server:
             "MAX_UPLOAD_BYTES": str(2 * GIB),
             "SESSION_DISK_QUOTA_MB": "0",
             "LOG_LEVEL": "warn",
-            **self.extra_env,
+            # "{port}" in a value is this server's port (NODE_URL).
+            **{k: v.replace("{port}", str(self.port)) for k, v in self.extra_env.items()},
         }
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -1823,14 +1824,17 @@ class SharedParts:
     "The same calls, interleaved, on the main server (STORE=local) and on a second one with "
     "STORE=shared on a real redis-server and SeaweedFS (weed mini) on loopback: a warm Python "
     "call, a bash run that writes 10 files of 10 KiB (each written back to the bucket), and a "
-    "100 MiB upload then download. Then two shared nodes: one runs a cell and is killed "
-    "(SIGKILL); the time until the other answers the session's next call (files hydrated "
+    "100 MiB upload then download. Then two shared nodes in the session directory (NODE_URL): "
+    "a warm Python call sent to the node that does not hold the kernel (forwarded) against "
+    "one sent to the node that does; then the holder is killed (SIGKILL) and the time until "
+    "the other answers the session's next call (it refuses the forward, so files hydrated "
     "from the bucket, a new kernel). No goals yet: the overhead is reported.",
 )
 def shared_store(ctx: Ctx, res: Result) -> None:
     parts = SharedParts(ctx.scratch)
     parts.start()
-    env = {"KERNEL_POOL_SIZE": os.environ.get("KERNEL_POOL_SIZE", "2"), **parts.env()}
+    env = {"KERNEL_POOL_SIZE": os.environ.get("KERNEL_POOL_SIZE", "2"), **parts.env(),
+           "NODE_URL": "http://127.0.0.1:{port}"}
     shared = Server(ctx.server.binary, ctx.runtime_dir, keep=False, extra_env=env)
     servers: list[Server] = [shared]
     try:
@@ -1881,11 +1885,23 @@ def shared_store(ctx: Ctx, res: Result) -> None:
 
         # Two shared nodes: the one that ran the session dies, the other takes the next call.
         failover: list[float] = []
-        for _ in range(ctx.reps(3, 1)):
+        direct: list[float] = []
+        forwarded: list[float] = []
+        for rep in range(ctx.reps(3, 1)):
             a_node = Server(ctx.server.binary, ctx.runtime_dir, keep=False, extra_env=env)
+            # One tenant on both nodes: the tenant is derived from the API key.
+            a_node.api_key = shared.api_key
             servers.append(a_node)
             a_node.start()
             _, j = Api(a_node).exec("py", "open('state.txt', 'w').write('x')\nprint('ok')", expect_stdout="ok\n")
+            if rep == 0:
+                for _ in range(ctx.reps(50, 5)):
+                    direct.append(Api(a_node).exec("py", "print(1+1)", session_id=j["session_id"],
+                                                   expect_stdout="2\n")[0])
+                    e, k = apis["shared"].exec("py", "print(1+1)", session_id=j["session_id"], expect_stdout="2\n")
+                    if k.get("runtime_status") != "reused":
+                        raise ScenarioError(f"a forwarded call did not reach the kernel: {k}")
+                    forwarded.append(e)
             os.killpg(a_node.proc.pid, signal.SIGKILL)
             a_node.proc.wait(timeout=15)
             t0 = time.perf_counter()
@@ -1904,6 +1920,9 @@ def shared_store(ctx: Ctx, res: Result) -> None:
         b = res.add(f"{label}, STORE=local (baseline)", series["local"], role="baseline")
         a = res.add(f"{label}, STORE=shared", series["shared"])
         res.info(f"{label}: shared − local (p50)", f"{a.p50 - b.p50:+.1f} ms ({a.p50 / b.p50:.2f}×)")
+    b = res.add("warm py print(1+1) on the kernel's node (baseline)", direct, role="baseline")
+    a = res.add("warm py print(1+1) through the other node (forwarded)", forwarded)
+    res.info("forwarding: through the other node − on the kernel's node (p50)", f"{a.p50 - b.p50:+.1f} ms")
     f = res.add("node killed → next call answered by another node", failover)
     res.info("failover: SIGKILL of the session's node → the other node's answer (p50)", fmt_ms(f.p50) + " ms")
     res.notes.append("the shared server downloads from its own cache (it wrote the file); a node without "

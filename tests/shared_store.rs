@@ -395,3 +395,31 @@ async fn a_killed_node_loses_its_kernel_never_a_file() {
     let list = n2.get_json(&format!("/files/{sid}"), KEY_A).await;
     assert_eq!(list.as_array().unwrap().len(), 20, "{list}");
 }
+
+#[tokio::test]
+async fn the_run_rate_limit_counts_across_nodes() {
+    let cluster = cluster_name("rate");
+    let parts = SharedParts::get();
+    let mut env = parts.env(&cluster);
+    env.push(("RATE_LIMIT_EXEC_PER_MINUTE".into(), "3".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (n1, n2) = tokio::join!(TestServer::start(&env), TestServer::start(&env));
+    let run = |user: &str| json!({"lang": "bash", "code": "echo ok", "user_id": user});
+    for (i, n) in [&n1, &n2, &n1].into_iter().enumerate() {
+        let (status, body) = exec(n, KEY_A, run("u1")).await;
+        assert_eq!(status, StatusCode::OK, "run {i}: {body}");
+    }
+    // The minute's three are taken, on whichever node: the fourth is refused on both.
+    for n in [&n2, &n1] {
+        let (status, body) = exec(n, KEY_A, run("u1")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error"], "rate_limited", "{body}");
+        let retry = body["retry_after_seconds"].as_u64().unwrap();
+        assert!((1..=20).contains(&retry), "{body}");
+    }
+    // Another user, and another tenant, have their own allowance.
+    let (status, body) = exec(&n2, KEY_A, run("u2")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = exec(&n2, KEY_B, run("u1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -26,6 +26,7 @@ use crate::exec::{
 };
 use crate::identity::Identity;
 use crate::session::{SessionOwner, Tenant, is_valid_entity_id};
+use crate::store::Allowance;
 
 /// What a 429 for busy kernels suggests as a wait: about one short cell.
 const BUSY_RETRY_SECONDS: u64 = 5;
@@ -455,15 +456,30 @@ async fn forward_or_admit(
     {
         return Ok(Some(answer));
     }
-    admit(state, &request.tenant, request.owner.user_id.as_deref())?;
+    admit(state, &request.tenant, request.owner.user_id.as_deref()).await?;
     Ok(None)
 }
 
 /// `RATE_LIMIT_EXEC_PER_MINUTE` for a run about to start (`/exec`, `/exec/stream`, a new
-/// programmatic run), in the official Code API's 429 shape.
-pub fn admit(state: &AppState, tenant: &Tenant, user_id: Option<&str>) -> ApiResult<()> {
-    let Err(over) = state.exec_rate.check(tenant, user_id) else {
-        return Ok(());
+/// programmatic run), in the official Code API's 429 shape. Several nodes share one
+/// allowance per (tenant, user) in the store; one node keeps its own.
+pub async fn admit(state: &AppState, tenant: &Tenant, user_id: Option<&str>) -> ApiResult<()> {
+    let per_minute = state.settings.rate_limit_exec_per_minute;
+    let shared = if per_minute > 0 {
+        state.store.take_run(tenant, user_id, per_minute).await?
+    } else {
+        Allowance::NotShared
+    };
+    let over = match shared {
+        Allowance::Granted => return Ok(()),
+        Allowance::Wait(retry_after) => crate::rate_limit::Limited {
+            per_minute,
+            retry_after,
+        },
+        Allowance::NotShared => match state.exec_rate.check(tenant, user_id) {
+            Ok(()) => return Ok(()),
+            Err(over) => over,
+        },
     };
     let seconds = over.retry_after.as_secs_f64().ceil().max(1.0) as u64;
     let unit = if seconds == 1 { "second" } else { "seconds" };

@@ -369,7 +369,7 @@ fn principal_of(identity: &Identity) -> Principal {
     }
 }
 
-fn program_request(
+async fn program_request(
     state: &AppState,
     identity: &Identity,
     headers: &HeaderMap,
@@ -428,7 +428,9 @@ fn program_request(
     };
     let files = file_refs(body.files).map_err(Refusal::Api)?;
     // Continuations go on with a run already admitted; only a new run counts.
-    super::exec::admit(state, &identity.tenant, user_id.as_deref()).map_err(Refusal::Api)?;
+    super::exec::admit(state, &identity.tenant, user_id.as_deref())
+        .await
+        .map_err(Refusal::Api)?;
     Ok(ProgramRequest {
         principal: principal_of(identity),
         language,
@@ -490,7 +492,8 @@ pub async fn programmatic(
                 }
                 None => {
                     let req =
-                        program_request(&state, &identity, &headers, body, language, request_id)?;
+                        program_request(&state, &identity, &headers, body, language, request_id)
+                            .await?;
                     Box::pin(async move { exec.start_program(req).await })
                 }
             };

@@ -163,6 +163,16 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A run taken from an allowance that several nodes share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowance {
+    /// This store keeps no shared allowance (one node counts its own).
+    NotShared,
+    Granted,
+    /// Over the allowance: the next run would be allowed after this long.
+    Wait(Duration),
+}
+
 /// Where a session's calls that need its Python kernel run: the session directory of
 /// several nodes. One node always answers [`Placement::Here`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +260,17 @@ pub trait Store: Send + Sync {
     /// alone never sees that.
     async fn claim_kernel(&self, _session_id: &str) -> StoreResult<bool> {
         Ok(false)
+    }
+
+    /// Take one run from (tenant, user)'s allowance of `per_minute` runs a minute (a burst
+    /// of the whole minute, then one every `60 / per_minute` s), counted by every node alike.
+    async fn take_run(
+        &self,
+        _tenant: &Tenant,
+        _user_id: Option<&str>,
+        _per_minute: u32,
+    ) -> StoreResult<Allowance> {
+        Ok(Allowance::NotShared)
     }
 
     /// Which node's kernel serves the session's Python (several nodes only).

@@ -35,8 +35,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    BodyStream, FileMeta, FileName, FileOrigin, LocalStore, NewFile, Placement, ReadOnlyCopies,
-    Session, Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
+    Allowance, BodyStream, FileMeta, FileName, FileOrigin, LocalStore, NewFile, Placement,
+    ReadOnlyCopies, Session, Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
 };
 use crate::session::{SessionOwner, Tenant, new_id};
 
@@ -300,7 +300,23 @@ if not url then return {owner} end
 return {owner, url}
 "#;
 
+/// A generic cell rate per key, on Redis's clock: ARGV: prefix, key, ms between runs →
+/// -1 (granted) or the ms until the next run would be.
+const TAKE_RUN: &str = r#"
+local k = ARGV[1] .. 'r:' .. ARGV[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local step = tonumber(ARGV[3])
+local burst = 60000 - step
+local tat = tonumber(redis.call('GET', k) or '0')
+if tat < now then tat = now end
+if tat - now > burst then return tat - now - burst end
+redis.call('SET', k, string.format('%.0f', tat + step), 'PX', tat + step - now + 1000)
+return -1
+"#;
+
 struct Scripts {
+    take_run: redis::Script,
     place: redis::Script,
     claim_kernel: redis::Script,
     touch: redis::Script,
@@ -315,6 +331,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Scripts {
+            take_run: redis::Script::new(TAKE_RUN),
             place: redis::Script::new(PLACE),
             claim_kernel: redis::Script::new(CLAIM_KERNEL),
             touch: redis::Script::new(TOUCH),
@@ -1114,6 +1131,32 @@ impl Store for SharedStore {
             .await
             .map_err(redis_error)?;
         Ok(moved == 1)
+    }
+
+    async fn take_run(
+        &self,
+        tenant: &Tenant,
+        user_id: Option<&str>,
+        per_minute: u32,
+    ) -> StoreResult<Allowance> {
+        let mut hasher = Sha256::new();
+        hasher.update(tenant.0.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(user_id.unwrap_or_default().as_bytes());
+        let step = (60_000 / u64::from(per_minute.max(1))).max(1);
+        let wait: i64 = self
+            .scripts
+            .take_run
+            .arg(&self.prefix)
+            .arg(hex::encode(hasher.finalize()))
+            .arg(step)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        Ok(match u64::try_from(wait) {
+            Ok(ms) => Allowance::Wait(Duration::from_millis(ms)),
+            Err(_) => Allowance::Granted,
+        })
     }
 
     async fn placement(&self, session_id: &str) -> StoreResult<Placement> {
