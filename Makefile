@@ -38,8 +38,9 @@ dev: bootstrap build-debug ## Debug build, served with debug logs and request lo
 
 test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchmark smoke, smoke scripts, README, image, Helm chart
 	$(CARGO) test --locked
-	# The file API again, against Redis + S3 (STORE=shared); tests/shared_store.rs ran above.
-	CODE_INTERPRETER_TEST_STORE=shared $(CARGO) test --locked --test files_api
+	# The file API and every language's runs again, against Redis + S3 (STORE=shared);
+	# tests/shared_store.rs and tests/cluster.rs (three nodes) ran above.
+	CODE_INTERPRETER_TEST_STORE=shared $(CARGO) test --locked --test files_api --test exec_api
 	deploy/helm/check
 	tests/mcp/run.sh -q
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/librechat/run.sh
