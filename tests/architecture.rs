@@ -65,6 +65,7 @@ fn only_api_and_mcp_know_http_and_mcp() {
             "store",
             "session.rs",
             "notebook.rs",
+            "identity",
         ],
         &[
             "axum",
@@ -177,7 +178,7 @@ fn code_words(modules: &[&str]) -> Vec<(String, String)> {
 }
 
 #[test]
-fn the_sandbox_and_the_process_runtime_know_no_language() {
+fn the_sandbox_the_process_runtime_and_the_store_know_no_language() {
     // What the registry declares, as the binary prints it: names, aliases and the programs
     // each language's probes and recipe start. Words of one or two letters (`c`, `go`, `sh`)
     // are ordinary identifiers and are not looked for.
@@ -205,12 +206,19 @@ fn the_sandbox_and_the_process_runtime_know_no_language() {
 
     let found: Vec<String> = code_words(&["sandbox", "runtime/process.rs"])
         .into_iter()
+        // The store and sessions know no language either; there a `node` is a machine of a
+        // cluster (STORE=shared), not Node.js.
+        .chain(
+            code_words(&["store", "session.rs"])
+                .into_iter()
+                .filter(|(word, _)| word != "node"),
+        )
         .filter(|(word, _)| known.contains(word))
         .map(|(word, at)| format!("{at}: {word}"))
         .collect();
     assert!(
         found.is_empty(),
-        "the sandbox or the process runtime names a language or its toolchain (declare what it needs in its entry in src/runtime/languages):\n{}",
+        "the sandbox, the process runtime, the store or the sessions name a language or its toolchain (declare what it needs in its entry in src/runtime/languages):\n{}",
         found.join("\n")
     );
 }

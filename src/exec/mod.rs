@@ -533,26 +533,14 @@ impl ExecService {
                         "The server could not complete this run; try again.".to_owned()
                     }
                 };
-                ExecResult {
-                    session_id: sid,
+                without_a_run(
+                    sid,
                     language,
                     version,
-                    stdout: String::new(),
-                    stderr: format!("[sandbox] {message}\n"),
-                    outcome: RunOutcome {
-                        status: RunStatus::Error,
-                        exit_code: None,
-                        signal: None,
-                        message: Some(message),
-                        wall_time: started.elapsed(),
-                        cpu_time: None,
-                        peak_memory: None,
-                    },
-                    files: Vec::new(),
-                    deleted_files: Vec::new(),
-                    truncated_files: None,
-                    runtime_status: RuntimeStatus::New,
-                }
+                    RunStatus::Error,
+                    message,
+                    started.elapsed(),
+                )
             });
             let _ = tx.send(ExecEvent::Done(Box::new(done))).await;
         });
@@ -1096,6 +1084,26 @@ fn cancelled_before_start(
     waited: Duration,
 ) -> ExecResult {
     let message = runtime::CANCELLED_MESSAGE.to_owned();
+    without_a_run(
+        session_id,
+        language,
+        version,
+        RunStatus::Killed,
+        message,
+        waited,
+    )
+}
+
+/// The result of a run that ended without its program: `message` says why, in
+/// `run.message` and as the `[sandbox]` line of stderr.
+fn without_a_run(
+    session_id: String,
+    language: Language,
+    version: String,
+    status: RunStatus,
+    message: String,
+    wall_time: Duration,
+) -> ExecResult {
     ExecResult {
         session_id,
         language,
@@ -1103,11 +1111,11 @@ fn cancelled_before_start(
         stdout: String::new(),
         stderr: format!("[sandbox] {message}\n"),
         outcome: RunOutcome {
-            status: RunStatus::Killed,
+            status,
             exit_code: None,
             signal: None,
             message: Some(message),
-            wall_time: waited,
+            wall_time,
             cpu_time: None,
             peak_memory: None,
         },
