@@ -3,7 +3,9 @@
 //! - A warm pool of kernels (`KERNEL_POOL_SIZE`) is started ahead on empty workspaces
 //!   with `PYTHON_PRELOAD` imported. A kernel's `/mnt/data` bind is fixed at start, so a
 //!   claim moves the session's files into the pooled directory and renames that directory
-//!   over the session's (the mount follows the inode).
+//!   over the session's (the mount follows the inode). A new session that finds the pool
+//!   empty while pooled kernels are starting waits for one of those (`POOL_WAIT`) rather
+//!   than start its own beside them.
 //! - At most `MAX_SESSIONS` kernels live; past that the least recently used idle one is
 //!   shut down (its files stay). `KERNEL_IDLE_SECONDS` shuts idle kernels down.
 //! - A kernel that died, was restarted or shut down leaves a note: the session's next
@@ -31,6 +33,10 @@ use crate::sandbox::{Limits, Sandbox};
 use crate::session::SessionTurns;
 use kernel::{CellEnd, Kernel, KernelEvent, KernelSpec};
 use template::KernelTemplate;
+
+/// How long a new session waits for a pooled kernel already on its way before it starts
+/// its own.
+const POOL_WAIT: Duration = Duration::from_secs(10);
 pub use template::TemplateState;
 
 #[derive(Debug, Clone)]
@@ -118,6 +124,8 @@ pub struct PythonRuntime {
     kernels: Mutex<Kernels>,
     pool: Mutex<Vec<Pooled>>,
     starting: AtomicUsize,
+    /// Woken whenever a pooled kernel's start ends (landed in the pool or failed).
+    pool_ready: tokio::sync::Notify,
     /// Kernels being started or claimed for a session: they count against `MAX_SESSIONS`.
     reserved: AtomicUsize,
     /// Where kernels are forked from, when they are.
@@ -213,6 +221,7 @@ impl PythonRuntime {
             kernels: Mutex::default(),
             pool: Mutex::default(),
             starting: AtomicUsize::new(0),
+            pool_ready: tokio::sync::Notify::new(),
             reserved: AtomicUsize::new(0),
         }))
     }
@@ -281,6 +290,7 @@ impl PythonRuntime {
                     Err(err) => tracing::warn!(error = %err, "could not start a pooled kernel"),
                 }
                 this.starting.fetch_sub(1, Ordering::SeqCst);
+                this.pool_ready.notify_waiters();
             });
         }
     }
@@ -421,6 +431,24 @@ impl PythonRuntime {
         self.wait_for_room(false).await
     }
 
+    /// A live kernel from the pool, moved to `workspace`, if one is there.
+    fn take_pooled(&self, workspace: &Path) -> Option<Box<Kernel>> {
+        loop {
+            let pooled = lock(&self.pool).pop()?;
+            if !pooled.kernel.is_alive() {
+                self.discard_pool_dir(&pooled.dir);
+                continue;
+            }
+            return match self.claim(pooled, workspace) {
+                Ok(k) => Some(k),
+                Err(back) => {
+                    lock(&self.pool).push(back);
+                    None
+                }
+            };
+        }
+    }
+
     async fn kernel_for(
         self: &Arc<Self>,
         session_id: &str,
@@ -439,23 +467,23 @@ impl PythonRuntime {
         }
         self.wait_for_room(true).await?;
         let _reservation = Reservation(&self.reserved);
-        let mut kernel = None;
-        while kernel.is_none() {
-            let Some(pooled) = lock(&self.pool).pop() else {
-                break;
-            };
-            if !pooled.kernel.is_alive() {
-                self.discard_pool_dir(&pooled.dir);
-                continue;
+        let until = tokio::time::Instant::now() + POOL_WAIT;
+        let kernel = loop {
+            // Registered before the pool is looked at, so a kernel landing meanwhile wakes it.
+            let landed = self.pool_ready.notified();
+            tokio::pin!(landed);
+            landed.as_mut().enable();
+            if let Some(k) = self.take_pooled(workspace) {
+                break Some(k);
             }
-            match self.claim(pooled, workspace) {
-                Ok(k) => kernel = Some(k),
-                Err(back) => {
-                    lock(&self.pool).push(back);
-                    break;
-                }
+            // A kernel on its way is ready sooner than one started now, which would also
+            // take the CPU from it.
+            if self.starting.load(Ordering::SeqCst) == 0
+                || tokio::time::timeout_at(until, landed).await.is_err()
+            {
+                break None;
             }
-        }
+        };
         let kernel = match kernel {
             Some(k) => *k,
             None => self.launch(workspace).await?,
