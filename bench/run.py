@@ -1756,6 +1756,66 @@ def kernel_density(ctx: Ctx, res: Result) -> None:
     )
 
 
+SPIN = "while :; do :; done"
+
+
+@scenario(
+    "cpu_fairness",
+    "another tenant's `echo hi` while 4 sessions spin the CPU",
+    "A second server (same binary, a second API key, MAX_CONCURRENT_RUNS=8): tenant B's POST /exec "
+    "{lang: bash, code: 'echo hi'} in one session, first on the idle server (the baseline), then "
+    "while tenant A keeps 4 sessions running `while :; do :; done` (bash, 10 s timeout, 3 in --quick, each "
+    "restarted when it ends). Goal: p99 with the spinners ≤ 3× the idle p99.",
+)
+def cpu_fairness(ctx: Ctx, res: Result) -> None:
+    server = Server(ctx.server.binary, ctx.runtime_dir, ctx.server.keep, {"MAX_CONCURRENT_RUNS": "8"})
+    key_b = secrets.token_urlsafe(24)
+    server.extra_env["CODE_INTERPRETER_API_KEYS"] = key_b
+    server.start()
+    try:
+        api_a = Api(server)
+        api_b = Api(server)
+        api_b.http.headers["x-api-key"] = key_b
+        n = ctx.reps(60, 5)
+        sid = api_b.exec("bash", "echo hi", expect_stdout="hi\n")[1]["session_id"]
+        call = lambda: api_b.exec("bash", "echo hi", session_id=sid, expect_stdout="hi\n")[0]  # noqa: E731
+        for _ in range(ctx.reps(5, 2)):
+            call()
+        idle = [call() for _ in range(n)]
+        stop = threading.Event()
+        spun = []
+        spin_ms = ctx.reps(10000, 3000)
+
+        def spinner() -> None:
+            http = api_a.new_http()
+            while not stop.is_set():
+                try:
+                    r = http.post(api_a.url("/exec"), json={"lang": "bash", "code": SPIN, "timeout": spin_ms},
+                                  timeout=HTTP_TIMEOUT)
+                    spun.append(r.status_code)
+                except requests.RequestException:
+                    spun.append(0)
+
+        threads = [threading.Thread(target=spinner, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)  # the 4 runs are spinning
+        busy = [call() for _ in range(n)]
+        stop.set()
+        # The spinners end at their timeout; their sessions go with the server.
+        for t in threads:
+            t.join(timeout=spin_ms / 1000 + 10)
+    finally:
+        server.stop()
+    a = res.add("echo hi with 4 sessions spinning", busy)
+    b = res.add("echo hi on the idle server (baseline)", idle, role="baseline")
+    ratio = a.stats()["p99"] / b.stats()["p99"]
+    res.goal("p99 with 4 spinners ≤ 3× idle p99",
+             f"{ratio:.2f}× ({fmt_ms(a.stats()['p99'])} vs {fmt_ms(b.stats()['p99'])})", ratio <= 3)
+    res.info("p50 with 4 spinners vs idle", f"{a.p50 / b.p50:.2f}× ({fmt_ms(a.p50)} vs {fmt_ms(b.p50)})")
+    res.notes.append("each spinning run is its own cgroup with the same cpu.shares as the echo's")
+
+
 class SharedParts:
     """redis-server and SeaweedFS (`weed mini`) on free loopback ports, for STORE=shared."""
 
