@@ -36,13 +36,14 @@ dev: bootstrap build-debug ## Debug build, served with debug logs and request lo
 	DATA_DIR=$${DATA_DIR:-$(RUN_DATA_DIR)} LOG_LEVEL=$${LOG_LEVEL:-code_interpreter=debug,info} \
 		LOG_REQUESTS=$${LOG_REQUESTS:-true} ./$(DEBUG_BIN) serve
 
-test: bootstrap check-rust ## Every test: cargo, MCP, LibreChat, browser, benchmark smoke, smoke scripts, README, image, Helm chart
+test: bootstrap check-rust ## Every test: cargo, MCP, Schemathesis, LibreChat, browser, benchmark smoke, smoke scripts, README, image, Helm chart
 	$(CARGO) test --locked
 	# The file API and every language's runs again, against Redis + S3 (STORE=shared);
 	# tests/shared_store.rs and tests/cluster.rs (three nodes) ran above.
 	CODE_INTERPRETER_TEST_STORE=shared $(CARGO) test --locked --test files_api --test exec_api
 	deploy/helm/check
 	tests/mcp/run.sh -q
+	CODE_INTERPRETER_BIN=$(DEBUG_BIN) tests/schemathesis/run.sh
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/librechat/run.sh
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) e2e/browser/run.sh
 	# One smoke run of every benchmark scenario, so the harness cannot rot (no timing goals).

@@ -791,7 +791,11 @@ fn check_session_id(sid: &str) -> ApiResult<()> {
 #[utoipa::path(
     post, path = "/sessions/{session_id}/interrupt", tag = "sessions",
     params(("session_id" = String, Path)),
-    responses((status = 200, body = KernelAction), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, body = KernelAction),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn interrupt(
@@ -824,7 +828,11 @@ pub async fn interrupt(
 #[utoipa::path(
     post, path = "/sessions/{session_id}/restart", tag = "sessions",
     params(("session_id" = String, Path)),
-    responses((status = 200, body = KernelAction), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, body = KernelAction),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn restart(

@@ -297,7 +297,8 @@ fn parse_name(raw: &str) -> ApiResult<FileName> {
         (status = 404, description = "session_id is unknown", body = ErrorBody),
         (status = 408, description = "The body stalled for UPLOAD_IDLE_SECONDS", body = ErrorBody),
         (status = 413, description = "Over MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES or the session's disk quota", body = ErrorBody),
-        (status = 507, description = "DATA_DIR would fall below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
+        (status = 422, description = "A form field other than the files is invalid", body = ErrorBody),
+        (status = 507, description = "The disk is full, or DATA_DIR would fall below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -345,7 +346,11 @@ pub async fn upload(
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "At least one file stored", body = BatchResponse),
-        (status = 400, description = "No file, or every file failed", body = BatchResponse),
+        (status = 400, description = "Not multipart, no file, or every file failed", body = BatchRefusal),
+        (status = 404, description = "session_id is unknown", body = ErrorBody),
+        (status = 408, description = "The body stalled for UPLOAD_IDLE_SECONDS", body = ErrorBody),
+        (status = 422, description = "A form field other than the files is invalid", body = ErrorBody),
+        (status = 507, description = "The disk is full, or DATA_DIR would fall below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -473,6 +478,7 @@ pub async fn list_files(
     params(("session_id" = String, Path), ("file_id" = String, Path)),
     responses(
         (status = 200, body = ObjectInfo),
+        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown, expired or not yours", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -568,8 +574,8 @@ fn content_disposition(name: &FileName) -> HeaderValue {
     get, path = "/download/{session_id}/{file_id}", tag = "files",
     params(("session_id" = String, Path), ("file_id" = String, Path)),
     responses(
-        (status = 200, description = "The bytes", content_type = "application/octet-stream"),
-        (status = 206, description = "The requested range"),
+        (status = 200, description = "The bytes, with the content type they were stored with", content_type = "*/*"),
+        (status = 206, description = "The requested range", content_type = "*/*"),
         (status = 304, description = "Matches If-None-Match"),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown, expired or not yours", body = ErrorBody),
@@ -672,6 +678,7 @@ pub async fn download(
     params(("session_id" = String, Path), ("file_id" = String, Path)),
     responses(
         (status = 200, body = DeletedFile),
+        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown, already deleted, or not yours", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -700,6 +707,7 @@ pub async fn delete_file(
     params(("session_id" = String, Path)),
     responses(
         (status = 200, body = DeletedSession),
+        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown, expired or not yours", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))

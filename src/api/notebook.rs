@@ -16,6 +16,7 @@ use crate::session::{Tenant, is_valid_id};
     params(("session_id" = String, Path)),
     responses(
         (status = 200, description = "A Jupyter notebook (nbformat 4)", content_type = "application/x-ipynb+json"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown, expired or not yours", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))

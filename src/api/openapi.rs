@@ -7,9 +7,10 @@ use std::sync::OnceLock;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::HttpMethod;
+use utoipa::openapi::schema::{AnyOf, Schema};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::server::Server;
+use utoipa::openapi::{HttpMethod, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
@@ -73,6 +74,7 @@ use super::{AppState, error, exec, files, notebook, programmatic, system, wire};
         wire::UploadResponse,
         wire::BatchItem,
         wire::BatchResponse,
+        wire::BatchRefusal,
         wire::DeletedFile,
         wire::DeletedSession,
         wire::UploadForm,
@@ -85,7 +87,7 @@ use super::{AppState, error, exec, files, notebook, programmatic, system, wire};
         system::Library,
         system::RootInfo,
     )),
-    modifiers(&SecuritySchemes, &Aliases, &OperationIds),
+    modifiers(&SecuritySchemes, &Aliases, &OperationIds, &AnyOfListing),
     tags(
         (name = "files", description = "Upload, list, download and delete session files"),
         (name = "sessions", description = "Session lifecycle"),
@@ -192,6 +194,26 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("get", "/libraries", "listLibraries"),
     ("get", "/", "getServerInfo"),
 ];
+
+/// `FileListing` as `anyOf`: utoipa writes an untagged enum as `oneOf`, which an empty
+/// listing breaks (`[]` matches every item shape, and `oneOf` wants exactly one).
+struct AnyOfListing;
+
+impl Modify for AnyOfListing {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::OneOf(one))) = components.schemas.get_mut("FileListing") {
+            let mut any = AnyOf::new();
+            any.items = std::mem::take(&mut one.items);
+            any.description = one.description.take();
+            components
+                .schemas
+                .insert("FileListing".into(), RefOr::T(Schema::AnyOf(any)));
+        }
+    }
+}
 
 struct OperationIds;
 

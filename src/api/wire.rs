@@ -311,6 +311,16 @@ pub struct DeletedSession {
     pub session_id: String,
 }
 
+/// Documentation of what `/upload/batch` answers with 400: the items when every file failed,
+/// or an error when the request itself was refused (not multipart, no file part).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum BatchRefusal {
+    Items(BatchResponse),
+    Refused(super::error::ErrorBody),
+}
+
 /// Documentation of the multipart form of `/upload` and `/upload/batch`.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
