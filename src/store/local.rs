@@ -11,7 +11,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -22,7 +22,7 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use super::workspace::Workspace;
 use super::{
     BodyStream, FileMeta, FileName, FileOrigin, FileStamp, IGNORED_DIRS, NewFile, ReadOnlyCopies,
-    Session, Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
+    Session, Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats, now_millis,
 };
 use crate::sandbox::{UidRange, owner_of};
 use crate::session::{SessionOwner, Tenant, new_id};
@@ -77,13 +77,6 @@ pub struct LocalStore {
     /// How long an upload body may send nothing before it is refused.
     body_idle: Option<Duration>,
     db: Arc<Mutex<Connection>>,
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 impl LocalStore {
@@ -454,15 +447,7 @@ fn session_exists(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
 #[async_trait]
 impl Store for LocalStore {
     async fn create_session(&self, tenant: &Tenant, owner: &SessionOwner) -> StoreResult<Session> {
-        let now = now_millis();
-        let session = Session {
-            id: new_id(),
-            tenant: tenant.clone(),
-            user_id: owner.user_id.clone(),
-            entity_id: owner.entity_id.clone(),
-            created_at: now,
-            last_used_at: now,
-        };
+        let session = Session::new(tenant, owner);
         self.insert_session(&session).await?;
         Ok(session)
     }

@@ -56,6 +56,29 @@ pub struct Session {
     pub last_used_at: i64,
 }
 
+impl Session {
+    /// A new session of `tenant` for `owner`, created and used now, with a fresh id.
+    pub fn new(tenant: &Tenant, owner: &SessionOwner) -> Self {
+        let now = now_millis();
+        Session {
+            id: crate::session::new_id(),
+            tenant: tenant.clone(),
+            user_id: owner.user_id.clone(),
+            entity_id: owner.entity_id.clone(),
+            created_at: now,
+            last_used_at: now,
+        }
+    }
+}
+
+/// The time now in Unix milliseconds, as sessions and files record it.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
 /// Where an uploaded file came from, as LibreChat labels it (echoed back in exec results).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileOrigin {

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -37,6 +37,7 @@ use tokio::io::AsyncReadExt;
 use super::{
     Allowance, BodyStream, FileMeta, FileName, FileOrigin, LocalStore, NewFile, Placement,
     ReadOnlyCopies, Session, Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
+    now_millis,
 };
 use crate::session::{SessionOwner, Tenant, new_id};
 
@@ -62,13 +63,6 @@ const EXPIRE_BATCH: usize = 200;
 
 const REDIS: &str = "the metadata store (Redis)";
 const BUCKET: &str = "the file storage (S3)";
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 fn object_path(session_id: &str, file_id: &str) -> ObjectPath {
     ObjectPath::from(format!("sessions/{session_id}/{file_id}"))
@@ -865,15 +859,8 @@ impl SharedStore {
 #[async_trait]
 impl Store for SharedStore {
     async fn create_session(&self, tenant: &Tenant, owner: &SessionOwner) -> StoreResult<Session> {
-        let now = now_millis();
-        let session = Session {
-            id: new_id(),
-            tenant: tenant.clone(),
-            user_id: owner.user_id.clone(),
-            entity_id: owner.entity_id.clone(),
-            created_at: now,
-            last_used_at: now,
-        };
+        let session = Session::new(tenant, owner);
+        let now = session.created_at;
         let key = self.key("s", &session.id);
         let mut pipe = redis::pipe();
         pipe.atomic()
