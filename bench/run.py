@@ -1653,9 +1653,9 @@ def burst(api: Api, clients: int, calls: int, nonce: str) -> tuple[list[float], 
 @scenario(
     "kernel_density",
     "forked kernels vs cold kernels: memory and many new sessions",
-    "Two servers from the same binary, one with PYTHON_KERNEL_FORK=false (the default: every "
-    "kernel its own bwrap sandbox that imports PYTHON_PRELOAD itself; the baseline) and one with "
-    "PYTHON_KERNEL_FORK=true (kernels forked from the preloaded template), otherwise the default "
+    "Two servers from the same binary, one with PYTHON_KERNEL_FORK=false (every kernel its own "
+    "bwrap sandbox that imports PYTHON_PRELOAD itself; the baseline) and one with "
+    "PYTHON_KERNEL_FORK=true (the default: kernels forked from the preloaded template), otherwise the default "
     "settings (KERNEL_POOL_SIZE=2). On each, in turn: (1) 20 new sessions one after another "
     "(2 in --quick), each one call `import numpy, pandas; print(1)` (then deleted), no pause between; (2) 8 idle "
     "kernels (2 in --quick) after `import numpy, pandas` and gc.collect(): RSS, PSS and private "

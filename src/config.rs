@@ -390,9 +390,8 @@ pub struct Settings {
     pub kernel_idle_seconds: u64,
 
     /// Fork Python kernels from one preloaded template (where bwrap, root and cgroups allow
-    /// it) instead of starting each from nothing. Off by default: forked kernels share one
-    /// host uid (see ARCHITECTURE.md).
-    #[arg(long, env = "PYTHON_KERNEL_FORK", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
+    /// it) instead of starting each from nothing (see ARCHITECTURE.md).
+    #[arg(long, env = "PYTHON_KERNEL_FORK", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
     pub python_kernel_fork: bool,
 
     /// Largest message a Python kernel may send, in bytes, counting what its JSON takes once

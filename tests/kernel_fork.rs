@@ -1,7 +1,7 @@
 //! Python kernels forked from the preloaded template (`PYTHON_KERNEL_FORK=true`): each test
 //! attacks one promise of the fork's sandbox from inside a forked kernel, or kills the
-//! template, and asserts the promise held. `sandbox_escape.rs` runs its whole battery on
-//! forked kernels too (`forked_kernels_pass_the_python_escape_battery` there).
+//! template, and asserts the promise held. Forking is the default, so the escape battery
+//! (`sandbox_escape.rs`) and every other Python test run on forked kernels too.
 
 mod common;
 
@@ -338,4 +338,66 @@ async fn a_forked_kernel_has_no_secret_no_network_and_its_own_limits() {
     let still = python(&server, Some(other_sid), "print(y)").await;
     assert_eq!(stdout(&still), "1\n", "{still}");
     assert_eq!(server.health().await["kernels"]["template_restarts"], 0);
+}
+
+/// The host uid `pid` runs as (real uid).
+fn host_uid(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn each_forked_kernel_is_its_sessions_own_host_uid() {
+    let Some(server) = start().await else { return };
+    // One session takes every inotify instance its uid may have (128 by default).
+    let hog = python(
+        &server,
+        None,
+        "import ctypes\nlibc = ctypes.CDLL(None)\nfds = []\nwhile len(fds) < 100000:\n    fd = libc.inotify_init()\n    if fd < 0:\n        break\n    fds.append(fd)\nprint('held', len(fds))",
+    )
+    .await;
+    assert!(stdout(&hog).starts_with("held "), "{hog}");
+    // Another forked session still gets its own.
+    let other = python(
+        &server,
+        None,
+        "import ctypes\nprint('fd', ctypes.CDLL(None).inotify_init() >= 0)",
+    )
+    .await;
+    assert_eq!(stdout(&other), "fd True\n", "{other}");
+
+    // From the host: every process of a kernel runs as the uid that owns its session's
+    // workspace, and the two sessions' uids differ (and are not the template's, root).
+    let mut uids = Vec::new();
+    for body in [&hog, &other] {
+        let sid = body["session_id"].as_str().unwrap();
+        let owner = owner(&server.data_dir.join("sessions").join(sid));
+        assert_ne!(owner, 0, "{sid}");
+        uids.push(owner);
+    }
+    assert_ne!(uids[0], uids[1], "two sessions share a host uid");
+    let mut seen = Vec::new();
+    for group in kernel_groups(&server) {
+        for pid in members(&group) {
+            let uid = host_uid(pid).unwrap_or_else(|| panic!("pid {pid}"));
+            assert!(uids.contains(&uid), "pid {pid} runs as {uid}, not {uids:?}");
+            seen.push(uid);
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+fn owner(dir: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .uid()
 }

@@ -1,11 +1,13 @@
 //! Sandboxes forked from a template process instead of started from nothing.
 //!
 //! A template is a sandbox of its own (`Sandbox::spawn_template`): bubblewrap with every
-//! namespace, as the fork uid (`Sandbox::fork_uid`, one host uid for every forked
-//! sandbox), without a workspace and with capabilities inside its own user namespace only,
-//! so that its forks can still build namespaces of their own. It runs no user code. The
-//! server talks to it over a `SOCK_SEQPACKET` socket: one request per fork, carrying the
-//! fork's JSON settings and descriptors the server opened as root:
+//! namespace but the user namespace, as root without a workspace, keeping only the
+//! capabilities to change uid (`CAP_SETUID`, `CAP_SETGID`), so that each fork becomes its
+//! session's host uid (the workspace's owner, as every other sandbox of the session) and
+//! makes a user namespace owned by that uid, then namespaces of its own. It runs no user
+//! code. The server talks to it over a `SOCK_SEQPACKET` socket: one request per fork,
+//! carrying the fork's JSON settings (its uid among them) and descriptors the server
+//! opened as root:
 //! - the directories the fork attaches (the workspace first), as detached mounts
 //!   (`open_tree(OPEN_TREE_CLONE)`): the template never sees DATA_DIR or another session's
 //!   path, and a fork sees only what it was handed;
@@ -52,23 +54,19 @@ impl Sandbox {
         self.options.mode == SandboxMode::Bwrap && self.uids.is_some() && self.cgroups.is_some()
     }
 
-    /// The host uid of templates and everything forked from them: one past the tool uid.
-    pub fn fork_uid(&self) -> Option<u32> {
-        self.uids.as_ref().map(|u| u.tool_uid() + 1)
-    }
-
     /// Start a template: `job.argv` gets the control socket's descriptor and the seccomp
     /// filters' descriptors appended; `points` are the empty mount points its forks attach
-    /// directories to.
+    /// directories to. It runs as root on the host, in namespaces of its own but the user
+    /// namespace, with capabilities to change uid only (after its first step).
     pub fn spawn_template(
         &self,
         job: &Job,
         points: &[&str],
         run_id: &str,
     ) -> Result<(Process, Control), SandboxError> {
-        let uid = self
-            .fork_uid()
-            .ok_or_else(|| SandboxError::Spawn(io::Error::other("forking needs root")))?;
+        if self.uids.is_none() {
+            return Err(SandboxError::Spawn(io::Error::other("forking needs root")));
+        }
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -76,24 +74,24 @@ impl Sandbox {
             None,
         )
         .map_err(|e| SandboxError::Spawn(e.into()))?;
-        let process = self.spawn_as(
-            job,
-            run_id,
-            Some((uid, uid)),
-            Some((points, theirs.as_raw_fd())),
-        )?;
+        let process = self.spawn_as(job, run_id, None, Some((points, theirs.as_raw_fd())))?;
         drop(theirs);
         Ok((process, Control(ours)))
     }
 
     /// Everything one fork needs: `attach` are bound in order at the template's mount
-    /// points (read-write), the limits become its cgroup and rlimits.
+    /// points (read-write), the limits become its cgroup and rlimits, and it runs as the
+    /// owner of the first (the workspace's), as a sandbox binding it would.
     pub fn prepare_fork(
         &self,
         attach: &[&Path],
         limits: &Limits,
         run_id: &str,
     ) -> Result<ForkRequest, SandboxError> {
+        let (uid, gid) = self
+            .user_for(attach.first().copied())
+            .map_err(SandboxError::Spawn)?
+            .ok_or_else(|| SandboxError::Spawn(io::Error::other("forking needs root")))?;
         let mut fds = Vec::with_capacity(attach.len() + 4);
         for dir in attach {
             let tree = rustix::mount::open_tree(
@@ -130,6 +128,9 @@ impl Sandbox {
             "home": HOME,
             "rlimits": rlimits(limits, cgroup.is_some()),
             "attach": attach.len(),
+            "uid": uid,
+            "gid": gid,
+            "network": self.options.network,
         })
         .to_string();
         Ok(ForkRequest {

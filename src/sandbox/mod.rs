@@ -258,8 +258,9 @@ impl Sandbox {
     }
 
     /// bwrap's arguments for `job`; with `template` (mount points), the sandbox of a kernel
-    /// template instead (see `fork`): capabilities inside its own user namespace, empty
-    /// mount points for what each fork attaches, and no filter (each fork installs it).
+    /// template instead (see `fork`): root without a user namespace and with the
+    /// capabilities to change uid, empty mount points for what each fork attaches, and its
+    /// own filter (each fork installs the full one).
     fn bwrap_args_for(
         &self,
         job: &Job,
@@ -269,13 +270,33 @@ impl Sandbox {
         let mut a: Vec<String> = Vec::with_capacity(96);
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         match template {
-            // No --disable-userns: a fork's filter refuses new user namespaces instead.
-            Some(_) => push(&["--unshare-all", "--unshare-user", "--cap-add", "ALL"]),
-            None => push(&["--unshare-all", "--unshare-user", "--disable-userns"]),
+            // Root on the host without a user namespace, so that each fork can become its
+            // session's uid and own its user namespace; only the capabilities that needs,
+            // and what the template's first step needs and then drops (see `fork`).
+            Some(_) => push(&[
+                "--unshare-pid",
+                "--unshare-ipc",
+                "--unshare-net",
+                "--unshare-uts",
+                "--unshare-cgroup",
+                "--cap-drop",
+                "ALL",
+                "--cap-add",
+                "CAP_SETUID",
+                "--cap-add",
+                "CAP_SETGID",
+                "--cap-add",
+                "CAP_SETPCAP",
+                "--cap-add",
+                "CAP_SYS_ADMIN",
+            ]),
+            None => {
+                push(&["--unshare-all", "--unshare-user", "--disable-userns"]);
+                // Whatever host uid runs it, user code sees the same identity inside.
+                let id = SANDBOX_ID.to_string();
+                push(&["--uid", &id, "--gid", &id]);
+            }
         }
-        // Whatever host uid runs it, user code sees the same identity inside.
-        let id = SANDBOX_ID.to_string();
-        push(&["--uid", &id, "--gid", &id]);
         if self.options.network {
             push(&["--share-net"]);
         }
@@ -285,6 +306,17 @@ impl Sandbox {
             "--hostname",
             "sandbox",
         ]);
+        // bwrap run as root makes the missing parents of a mount root's and 0700, which
+        // the template's forks (no longer root) could not pass: they are made first.
+        if template.is_some() {
+            let dests = ETC_FILES
+                .iter()
+                .map(Path::new)
+                .chain(job.mounts.iter().map(|m| m.inside.as_path()));
+            for dir in parents_to_make(dests, false) {
+                push(&["--dir", &dir.to_string_lossy()]);
+            }
+        }
         push(&["--ro-bind", "/usr", "/usr"]);
         // Merged-/usr systems link /bin, /lib… into /usr; others have real directories.
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
@@ -323,6 +355,12 @@ impl Sandbox {
             "/tmp",
         ]);
         push(&["--dir", HOME]);
+        if template.is_some() {
+            let dests = job.mounts.iter().map(|m| m.inside.as_path());
+            for dir in parents_to_make(dests, true) {
+                push(&["--dir", &dir.to_string_lossy()]);
+            }
+        }
         // Mounts below /tmp come after the tmpfs, or it would hide them.
         for m in &job.mounts {
             let kind = if m.writable { "--bind" } else { "--ro-bind" };
@@ -388,8 +426,14 @@ impl Sandbox {
             None => Vec::new(),
         };
 
+        let template_fds: Vec<OwnedFd> = match (&self.seccomp, template) {
+            (Some(f), Some(_)) => f.template_memfds().map_err(SandboxError::Spawn)?,
+            _ => Vec::new(),
+        };
         let fds: Vec<i32> = seccomp_fds.iter().map(|f| f.as_raw_fd()).collect();
+        let own: Vec<i32> = template_fds.iter().map(|f| f.as_raw_fd()).collect();
         let mut keep = fds.clone();
+        keep.extend(&own);
         let mut cmd = match (self.options.mode, template) {
             (SandboxMode::Bwrap, None) => {
                 let mut c = tokio::process::Command::new("bwrap");
@@ -398,7 +442,7 @@ impl Sandbox {
             }
             (SandboxMode::Bwrap, Some((points, control))) => {
                 let mut c = tokio::process::Command::new("bwrap");
-                c.args(self.bwrap_args_for(job, &[], Some(points)));
+                c.args(self.bwrap_args_for(job, &own, Some(points)));
                 c.arg(control.to_string());
                 c.args(fds.iter().map(|fd| fd.to_string()));
                 keep.push(control);
@@ -434,6 +478,7 @@ impl Sandbox {
         }
         let child = cmd.spawn().map_err(SandboxError::Spawn)?;
         drop(seccomp_fds);
+        drop(template_fds);
         let pid = child.id();
         Ok(Process { child, pid, cgroup })
     }
@@ -519,6 +564,35 @@ impl Handle {
     pub fn process_limit_hits(&self) -> u64 {
         self.cgroup.as_ref().map_or(0, |c| c.process_limit_hits())
     }
+}
+
+/// The directories above `dests` that bwrap would have to make for them (below `/tmp` with
+/// `in_tmp`, elsewhere without), parents first: none under `/usr` (bound whole) or under a
+/// top-level symlink (`/lib` on merged-/usr systems).
+fn parents_to_make<'a>(dests: impl Iterator<Item = &'a Path>, in_tmp: bool) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for dest in dests {
+        let mut ancestors: Vec<&Path> = dest
+            .ancestors()
+            .skip(1)
+            .filter(|a| a.parent().is_some())
+            .collect();
+        ancestors.reverse();
+        let Some(top) = ancestors.first() else {
+            continue;
+        };
+        let under_tmp = top == &Path::new("/tmp");
+        let bound = top == &Path::new("/usr") || std::fs::read_link(top).is_ok();
+        if under_tmp != in_tmp || bound {
+            continue;
+        }
+        for dir in ancestors {
+            if dir != Path::new("/tmp") && !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+    }
+    dirs
 }
 
 /// `/etc/passwd`, `/etc/group` and `/etc/hosts` as the sandbox sees them: only its own user

@@ -12,6 +12,9 @@
 //! - `personality` with anything but the default (`PER_LINUX`) or the query `0xffffffff`
 //!   (other personalities turn off address randomisation or emulate old kernels).
 //!
+//! A kernel template (`fork`) gets a filter of its own: the same, but the mount calls its
+//! forks need to build their sandbox; each fork installs the full filter on top.
+//!
 //! These answer `EPERM`. `clone3` and io_uring (`io_uring_setup`, `_enter`, `_register`)
 //! answer `ENOSYS` instead, as on a kernel without them: `clone3`'s flags live in a struct
 //! that seccomp cannot inspect, and glibc falls back to `clone` (which we can inspect) only
@@ -121,9 +124,15 @@ fn other_personality() -> Result<SeccompRule, String> {
     SeccompRule::new(vec![not(PER_LINUX)?, not(PERSONALITY_QUERY)?]).map_err(|e| e.to_string())
 }
 
+/// What a kernel template's forks need of `REFUSED` to build their sandbox (see `fork`).
+const FORK_NEEDS: &[i64] = &[libc::SYS_mount, libc::SYS_move_mount, libc::SYS_open_tree];
+
 /// The filters as raw `sock_filter` arrays, the format bubblewrap reads from `--add-seccomp-fd`.
 pub struct Filters {
     programs: Vec<Vec<u8>>,
+    /// The kernel template's own: `REFUSED` but what its forks need, and `ABSENT`. Its forks
+    /// install `programs` on top before user code runs.
+    template: Vec<Vec<u8>>,
 }
 
 fn to_bytes(program: &BpfProgram) -> Vec<u8> {
@@ -146,18 +155,34 @@ impl Filters {
         refused.insert(libc::SYS_personality, vec![other_personality()?]);
         let absent: BTreeMap<i64, Vec<SeccompRule>> =
             ABSENT.iter().map(|&nr| (nr, Vec::new())).collect();
+        let template: BTreeMap<i64, Vec<SeccompRule>> = REFUSED
+            .iter()
+            .filter(|nr| !FORK_NEEDS.contains(nr))
+            .map(|&nr| (nr, Vec::new()))
+            .collect();
+        let absent_bytes = to_bytes(&compile(absent, libc::ENOSYS)?);
         Ok(Filters {
             programs: vec![
                 to_bytes(&compile(refused, libc::EPERM)?),
-                to_bytes(&compile(absent, libc::ENOSYS)?),
+                absent_bytes.clone(),
             ],
+            template: vec![to_bytes(&compile(template, libc::EPERM)?), absent_bytes],
         })
     }
 
     /// One fresh in-memory file per filter, positioned at the start, for one sandbox
     /// (a shared descriptor would share its read offset between concurrent launches).
     pub fn memfds(&self) -> std::io::Result<Vec<OwnedFd>> {
-        self.programs
+        Self::files(&self.programs)
+    }
+
+    /// `memfds` of the kernel template's own filters.
+    pub fn template_memfds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        Self::files(&self.template)
+    }
+
+    fn files(programs: &[Vec<u8>]) -> std::io::Result<Vec<OwnedFd>> {
+        programs
             .iter()
             .map(|bytes| {
                 let fd = rustix::fs::memfd_create("seccomp", rustix::fs::MemfdFlags::CLOEXEC)?;

@@ -240,7 +240,6 @@ impl PythonRuntime {
             max_message_bytes: self.settings.max_message_bytes,
         };
         if let Some(template) = self.template.as_ref().filter(|t| t.usable()) {
-            self.give_to_forks(workspace)?;
             match Kernel::launch(&self.sandbox, spec(), Some(template)).await {
                 Ok(kernel) => return Ok(kernel),
                 Err(err) => {
@@ -251,19 +250,6 @@ impl PythonRuntime {
         Kernel::launch(&self.sandbox, spec(), None)
             .await
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e.to_string())))
-    }
-
-    /// Forked kernels run as the template's host uid: the workspace becomes its.
-    fn give_to_forks(&self, workspace: &Path) -> Result<(), RuntimeError> {
-        let (Some(uid), Some(uids)) = (self.sandbox.fork_uid(), self.sandbox.uids()) else {
-            return Ok(());
-        };
-        let old = crate::sandbox::owner_of(workspace)?;
-        if old != uid {
-            crate::store::give_tree(workspace, uid)?;
-            uids.release(old);
-        }
-        Ok(())
     }
 
     /// The kernel template's state and how often it was restarted, for `/health`.
@@ -299,9 +285,7 @@ impl PythonRuntime {
         let dir = self.pool_dir.join(crate::session::new_id());
         std::fs::create_dir(&dir)?;
         // A uid of its own, which the session that claims it takes over.
-        if self.template.is_none()
-            && let Some(uids) = self.sandbox.uids()
-        {
+        if let Some(uids) = self.sandbox.uids() {
             let uid = uids.allocate();
             std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
         }

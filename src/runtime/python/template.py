@@ -1,22 +1,31 @@
 # The kernel template: imported modules shared by every kernel forked from it.
 #
-# The server starts this program in a sandbox of its own (bubblewrap: its own user, mount,
-# PID, network, IPC, UTS and cgroup namespaces, read-only system, no workspace, no kernel
-# sockets, no seccomp filter so that a fork can still build its namespaces). It imports
-# ipykernel and PYTHON_PRELOAD once, freezes what it imported out of the garbage collector
-# (so a child's first full collection does not copy those pages) and waits for requests on
-# the descriptor named by argv[1], a SOCK_SEQPACKET socket to the server. No user code ever
-# runs here, and it holds nothing of any session: each request brings the session's
-# workspace and socket directory as detached mounts (open_tree descriptors) and the run's
-# cgroup.procs files opened by the server.
+# The server starts this program in a sandbox of its own: bubblewrap run as root without a
+# user namespace (its own mount, PID, network, IPC, UTS and cgroup namespaces, read-only
+# system, no workspace, no kernel sockets) and with a filter of its own (the sandbox's but
+# the mount calls a fork needs). Its first step, before anything but the standard library
+# is imported: /proc/sys read-only, a read-only /proc of its own PID namespace at
+# VISIBLE_PROC (a fork's user namespace may mount a /proc only while one without covered
+# parts is visible), and of its capabilities only CAP_SETUID and CAP_SETGID, bounding set
+# included: a fork needs them to become its session's host uid. It imports ipykernel and
+# PYTHON_PRELOAD once, freezes what it imported out of the garbage collector (so a child's
+# first full collection does not copy those pages) and waits for requests on the
+# descriptor named by argv[1], a SOCK_SEQPACKET socket to the server. No user code ever
+# runs here, and it holds nothing of any session: each request brings the session's host
+# uid, its workspace and socket directory as detached mounts (open_tree descriptors) and
+# the run's cgroup.procs files opened by the server.
 #
 # A fork, before anything of the user's runs:
-#   1. closes the server's socket, joins the run's cgroups;
-#   2. unshares mount, PID, network, IPC, UTS and cgroup namespaces and forks: the child is
-#      pid 1 of the new PID namespace and stays its reaper;
-#   3. makes every mount private, mounts its own /proc, /tmp (HOME) and /dev/shm, makes
-#      /dev read-only, and attaches the workspace at /mnt/data and the sockets at
-#      /run/kernel;
+#   1. closes the server's socket, joins the run's cgroups, becomes the session's host uid
+#      and gid (which ends its capabilities on the host);
+#   2. unshares user, mount, PID, network (unless SANDBOX_NETWORK=allow), IPC, UTS and
+#      cgroup namespaces (the user namespace is owned by the session's uid, so the kernel's
+#      per-uid counters are the session's, as for any other sandbox of it), maps uid and
+#      gid 65534 to the session's and forks: the child is pid 1 of the new PID namespace
+#      and stays its reaper;
+#   3. makes every mount private, mounts its own /proc (read-only, as the one it is allowed
+#      by), /tmp (HOME, which also covers VISIBLE_PROC) and /dev/shm, makes /dev read-only,
+#      and attaches the workspace at /mnt/data and the sockets at /run/kernel;
 #   4. sets the rlimits, closes every descriptor above stdio, drops every capability
 #      (bounding, ambient, effective, permitted, inheritable), sets no_new_privs and installs
 #      the sandbox's seccomp filters (descriptors named by argv[2:], read at start);
@@ -37,6 +46,7 @@ import struct
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -51,6 +61,7 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
@@ -67,6 +78,11 @@ MOVE_MOUNT_F_EMPTY_PATH = 4
 AT_FDCWD = -100
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 MAX_FDS = 8
+CAP_SETGID = 6
+CAP_SETUID = 7
+SANDBOX_ID = 65534
+# Below the template's /tmp, so the fork's own /tmp covers it.
+VISIBLE_PROC = "/tmp/.proc"
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -109,15 +125,55 @@ def mounts_below(prefix):
         return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
 
 
-def drop_capabilities():
+def keep_capabilities(kept):
+    """Drop every capability but `kept` (a bit mask below 32) from every set."""
     last = int(open("/proc/sys/kernel/cap_last_cap").read())
     for cap in range(last + 1):
-        prctl(PR_CAPBSET_DROP, cap)
+        if not kept & (1 << cap):
+            prctl(PR_CAPBSET_DROP, cap)
     check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient")
     header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
-    data = bytes(24)  # two empty __user_cap_data_struct
+    # Two __user_cap_data_struct (effective, permitted, inheritable): the low and high words.
+    data = struct.pack("6I", kept, kept, 0, 0, 0, 0)
     check(libc.syscall(SYS_CAPSET, header, data), "capset")
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def drop_capabilities():
+    keep_capabilities(0)
+
+
+def confine_template():
+    """First thing: /proc/sys read-only (root may write any sysctl its mode lets the owner
+    write), the visible /proc forks need, then only CAP_SETUID and CAP_SETGID."""
+    ro = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    mount("/proc/sys", "/proc/sys", None, MS_BIND | MS_REC)
+    mount(None, "/proc/sys", None, MS_REMOUNT | MS_BIND | ro)
+    os.mkdir(VISIBLE_PROC, 0o700)
+    mount("proc", VISIBLE_PROC, "proc", ro)
+    keep_capabilities((1 << CAP_SETUID) | (1 << CAP_SETGID))
+
+
+def become(uid, gid, network):
+    """Leave root for the session's host uid, then a user namespace of that uid's own."""
+    if uid <= 0 or gid <= 0:
+        raise ValueError("a fork never runs as root")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # Changing uid made the process undumpable: /proc/self would stay root's.
+    prctl(PR_SET_DUMPABLE, 1)
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
+    if not network:
+        flags |= CLONE_NEWNET
+    check(libc.unshare(CLONE_NEWUSER | flags), "unshare")
+    for name, text in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{SANDBOX_ID} {uid} 1"),
+        ("gid_map", f"{SANDBOX_ID} {gid} 1"),
+    ):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
 
 
 class SockFprog(ctypes.Structure):
@@ -163,10 +219,11 @@ def start_kernel():
 def isolate(request, workspace_fd, sockets_fd, filters):
     """In pid 1 of the new PID namespace: build the sandbox, then fork the kernel."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     size = int(request["tmp_bytes"])
     # Runtime files bound below /tmp (matplotlib's font cache) are kept on the new /tmp.
-    kept = [(p, os.path.isdir(p), clone_mount(p)) for p in mounts_below("/tmp/")]
+    below = [p for p in mounts_below("/tmp/") if p != VISIBLE_PROC]
+    kept = [(p, os.path.isdir(p), clone_mount(p)) for p in below]
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=755")
     for point, is_dir, tree in kept:
         os.makedirs(point if is_dir else os.path.dirname(point), 0o755, exist_ok=True)
@@ -205,15 +262,15 @@ def isolate(request, workspace_fd, sockets_fd, filters):
 
 
 def fork_kernel(request, fds, filters, control, report_w):
-    """In the forked child: join the cgroups, make the namespaces, hand over to pid 1."""
+    """In the forked child: join the cgroups, become the session's uid in namespaces of its
+    own, hand over to pid 1."""
     control.close()
     os.setsid()
     workspace_fd, sockets_fd, *cgroup_fds = fds
     for fd in cgroup_fds:
         os.write(fd, b"0")
         os.close(fd)
-    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
-    check(libc.unshare(flags | CLONE_NEWCGROUP), "unshare")
+    become(int(request["uid"]), int(request["gid"]), request.get("network") is True)
     init = os.fork()
     if init == 0:
         os.close(report_w)
@@ -277,6 +334,7 @@ def main():
             filters.append(f.read())
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+    confine_template()
     # What every kernel imports, once: the kernel app, what it imports while it starts (the
     # debugger's debugpy, the shell, tornado's loop: about half a second) and the preloads.
     started_by_the_app = [
