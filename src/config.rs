@@ -368,9 +368,10 @@ pub struct Settings {
     #[arg(long, env = "BASH_STRICT_MODE", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
     pub bash_strict_mode: bool,
 
-    /// Python kernels started ahead, with `PYTHON_PRELOAD` imported, for new sessions.
-    #[arg(long, env = "KERNEL_POOL_SIZE", default_value_t = 2, global = true)]
-    pub kernel_pool_size: usize,
+    /// Python kernels started ahead, with `PYTHON_PRELOAD` imported, for new sessions
+    /// (default: 8 when kernels are forked from the template, else 2).
+    #[arg(long, env = "KERNEL_POOL_SIZE", global = true)]
+    pub kernel_pool_size: Option<usize>,
 
     /// Modules the pooled kernels import ahead (comma-separated); empty for none.
     #[arg(

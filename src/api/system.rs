@@ -95,6 +95,9 @@ pub struct KernelCounts {
     pub live: usize,
     /// Kernels started ahead, waiting for a new session.
     pub pooled: usize,
+    /// How many kernels the pool is kept at (`KERNEL_POOL_SIZE`, or its default: 8 when
+    /// kernels are forked from the template, else 2).
+    pub pool_size: usize,
     /// The template kernels are forked from: `off` (kernels start cold), `starting`,
     /// `ready` or `failed` (kernels start cold until a fork works again).
     #[schema(example = "ready")]
@@ -186,6 +189,7 @@ pub async fn health(
         kernels: KernelCounts {
             live: state.exec.python().live_kernels(),
             pooled: state.exec.python().pooled_kernels(),
+            pool_size: state.exec.python().pool_size(),
             template: state.exec.python().template_state().0.as_str().into(),
             template_restarts: state.exec.python().template_state().1,
         },

@@ -142,6 +142,8 @@ pub struct Kernel {
     readers: Vec<tokio::task::JoinHandle<()>>,
     broken: Broken,
     max_message_bytes: u64,
+    /// Forked from the template (which imported `PYTHON_PRELOAD`), not started cold.
+    forked: bool,
 }
 
 /// Why the kernel was stopped for breaking the protocol, once it was.
@@ -315,6 +317,7 @@ impl Kernel {
             std::os::unix::fs::PermissionsExt::from_mode(0o644),
         )?;
 
+        let t0 = Instant::now();
         let (handle, exited): (Handle, BoxFuture<'static, ()>) = match template {
             Some(template) => {
                 let (handle, pidfd) = template
@@ -370,6 +373,7 @@ impl Kernel {
                 )
             }
         };
+        let spawned_at = t0.elapsed();
         let handle = Arc::new(handle);
         let (alive_tx, alive) = watch::channel(true);
         let routes: Routes = Arc::default();
@@ -423,6 +427,7 @@ impl Kernel {
                 readers: channels.readers,
                 broken,
                 max_message_bytes: spec.max_message_bytes,
+                forked: template.is_some(),
             },
             Err(err) => {
                 handle.kill_tree();
@@ -432,6 +437,7 @@ impl Kernel {
             }
         };
         kernel.readers.push(watcher);
+        let connected_at = t0.elapsed();
         // The sockets exist and are connected: from now on the kernel may neither add files
         // to its runtime directory nor replace a socket there.
         if sandbox.user().is_some() {
@@ -442,6 +448,7 @@ impl Kernel {
             )?;
         }
         kernel.wait_ready(started).await?;
+        let ready_at = t0.elapsed();
         let (tx, _rx) = mpsc::channel(16);
         let deadline = Instant::now() + START_TIMEOUT;
         if kernel
@@ -451,6 +458,15 @@ impl Kernel {
         {
             tracing::warn!("the kernel start-up code failed; saved figures may also be displayed");
         }
+        tracing::debug!(
+            kernel = %id,
+            forked = template.is_some(),
+            sandbox_ms = spawned_at.as_secs_f64() * 1e3,
+            connected_ms = connected_at.as_secs_f64() * 1e3,
+            ready_ms = ready_at.as_secs_f64() * 1e3,
+            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "kernel started"
+        );
         Ok(kernel)
     }
 
@@ -602,6 +618,11 @@ impl Kernel {
                 Err(KernelError::Gone)
             }
         }
+    }
+
+    /// Whether it was forked from the template.
+    pub fn forked(&self) -> bool {
+        self.forked
     }
 
     pub fn is_alive(&self) -> bool {

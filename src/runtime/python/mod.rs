@@ -5,7 +5,10 @@
 //!   claim moves the session's files into the pooled directory and renames that directory
 //!   over the session's (the mount follows the inode). A new session that finds the pool
 //!   empty while pooled kernels are starting waits for one of those (`POOL_WAIT`) rather
-//!   than start its own beside them.
+//!   than start its own beside them. With forked kernels, every waiting session also asks
+//!   for one more pooled start, and up to one start per CPU (at least two) run at once, so a
+//!   burst of new sessions is served as fast as the CPUs start kernels; as each start ends,
+//!   the next one begins while sessions wait or the pool is short.
 //! - At most `MAX_SESSIONS` kernels live; past that the least recently used idle one is
 //!   shut down (its files stay). `KERNEL_IDLE_SECONDS` shuts idle kernels down.
 //! - A kernel that died, was restarted or shut down leaves a note: the session's next
@@ -37,11 +40,16 @@ use template::KernelTemplate;
 /// How long a new session waits for a pooled kernel already on its way before it starts
 /// its own.
 const POOL_WAIT: Duration = Duration::from_secs(10);
+/// `KERNEL_POOL_SIZE` when unset: forked kernels cost little memory while idle (~25 MiB
+/// private) and start fast, so more of them are kept ahead than of cold ones.
+const POOL_SIZE_FORKED: usize = 8;
+const POOL_SIZE_COLD: usize = 2;
 pub use template::TemplateState;
 
 #[derive(Debug, Clone)]
 pub struct PythonSettings {
-    pub pool_size: usize,
+    /// `KERNEL_POOL_SIZE`; unset: [`POOL_SIZE_FORKED`] or [`POOL_SIZE_COLD`].
+    pub pool_size: Option<usize>,
     pub max_kernels: usize,
     pub idle_shutdown: Duration,
     pub preload: Vec<String>,
@@ -123,7 +131,13 @@ pub struct PythonRuntime {
     turns: Arc<SessionTurns>,
     kernels: Mutex<Kernels>,
     pool: Mutex<Vec<Pooled>>,
+    /// Kernels kept ahead (`KERNEL_POOL_SIZE`, or its default for how kernels start here).
+    pool_size: usize,
     starting: AtomicUsize,
+    /// Pooled starts that may run at once (one per CPU, at least two).
+    max_starting: usize,
+    /// New sessions waiting for a pooled kernel: each asks for one more start (forked only).
+    waiting: AtomicUsize,
     /// Woken whenever a pooled kernel's start ends (landed in the pool or failed).
     pool_ready: tokio::sync::Notify,
     /// Kernels being started or claimed for a session: they count against `MAX_SESSIONS`.
@@ -210,6 +224,14 @@ impl PythonRuntime {
             }
             (false, _) => None,
         };
+        let pool_size = settings.pool_size.unwrap_or(if template.is_some() {
+            POOL_SIZE_FORKED
+        } else {
+            POOL_SIZE_COLD
+        });
+        let max_starting = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2);
         Ok(Arc::new(PythonRuntime {
             template,
             sandbox,
@@ -220,7 +242,10 @@ impl PythonRuntime {
             turns,
             kernels: Mutex::default(),
             pool: Mutex::default(),
+            pool_size,
             starting: AtomicUsize::new(0),
+            max_starting,
+            waiting: AtomicUsize::new(0),
             pool_ready: tokio::sync::Notify::new(),
             reserved: AtomicUsize::new(0),
         }))
@@ -260,23 +285,40 @@ impl PythonRuntime {
         }
     }
 
-    /// Keep the pool full, in the background.
+    /// Keep the pool full, and start one more kernel for each session waiting for one, in
+    /// the background: at most `max_starting` at once.
     pub fn refill(self: &Arc<Self>) {
-        let want = self.settings.pool_size;
         loop {
-            let have = lock(&self.pool).len() + self.starting.load(Ordering::SeqCst);
-            if have >= want {
+            let starting = self.starting.load(Ordering::SeqCst);
+            let want = self.pool_size + self.waiting.load(Ordering::SeqCst);
+            if lock(&self.pool).len() + starting >= want || starting >= self.max_starting {
                 return;
             }
-            self.starting.fetch_add(1, Ordering::SeqCst);
+            if self
+                .starting
+                .compare_exchange(starting, starting + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                continue;
+            }
             let this = Arc::clone(self);
             tokio::spawn(async move {
-                match this.start_pooled().await {
-                    Ok(p) => lock(&this.pool).push(p),
-                    Err(err) => tracing::warn!(error = %err, "could not start a pooled kernel"),
-                }
+                let landed = match this.start_pooled().await {
+                    Ok(p) => {
+                        lock(&this.pool).push(p);
+                        true
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not start a pooled kernel");
+                        false
+                    }
+                };
                 this.starting.fetch_sub(1, Ordering::SeqCst);
                 this.pool_ready.notify_waiters();
+                // After a failure, waiting sessions start their own (and see its error).
+                if landed {
+                    this.refill();
+                }
             });
         }
     }
@@ -296,7 +338,8 @@ impl PythonRuntime {
                 return Err(e);
             }
         };
-        if !self.settings.preload.is_empty() {
+        // A forked kernel has the preloads already: the template imported them.
+        if !self.settings.preload.is_empty() && !kernel.forked() {
             let code = format!("import {}", self.settings.preload.join(", "));
             let (tx, _rx) = mpsc::channel(16);
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -452,6 +495,12 @@ impl PythonRuntime {
         self.wait_for_room(true).await?;
         let _reservation = Reservation(&self.reserved);
         let until = tokio::time::Instant::now() + POOL_WAIT;
+        // Forks are cheap and their starts bounded: a waiting session asks for one more.
+        let waiting = self
+            .template
+            .is_some()
+            .then(|| Waiting::enter(&self.waiting));
+        self.refill();
         let kernel = loop {
             // Registered before the pool is looked at, so a kernel landing meanwhile wakes it.
             let landed = self.pool_ready.notified();
@@ -468,6 +517,7 @@ impl PythonRuntime {
                 break None;
             }
         };
+        drop(waiting);
         let kernel = match kernel {
             Some(k) => *k,
             None => self.launch(workspace).await?,
@@ -477,7 +527,8 @@ impl PythonRuntime {
             kernel,
             last_used: Mutex::new(Instant::now()),
             busy: AtomicBool::new(false),
-            argv: Mutex::default(),
+            // What the start-up code set (startup.py).
+            argv: Mutex::new(vec!["main.py".to_owned()]),
         });
         // What the session lost before this kernel, said once by the cell that gets it.
         let lost = match lock(&self.kernels)
@@ -755,6 +806,11 @@ impl PythonRuntime {
         lock(&self.pool).len()
     }
 
+    /// How many kernels the pool is kept at.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
     /// Shut down kernels idle for longer than `KERNEL_IDLE_SECONDS`, now and then.
     pub fn spawn_idle_reaper(self: &Arc<Self>) {
         let this = Arc::clone(self);
@@ -804,6 +860,22 @@ fn kernel_env(process: &ProcessRuntime) -> Vec<(String, String)> {
 struct Reservation<'a>(&'a AtomicUsize);
 
 impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A session counted in `waiting` until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }

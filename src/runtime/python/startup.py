@@ -163,6 +163,8 @@ def __ci_own_output():
     ip.events.register("post_execute", drain)
 
 
+# What a cell sees until a call brings arguments (the server assumes this at start).
+__import__("sys").argv = ["main.py"]
 __ci_setup()
 del __ci_setup
 __ci_own_output()

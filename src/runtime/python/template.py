@@ -8,9 +8,11 @@
 # VISIBLE_PROC (a fork's user namespace may mount a /proc only while one without covered
 # parts is visible), and of its capabilities only CAP_SETUID and CAP_SETGID, bounding set
 # included: a fork needs them to become its session's host uid. It imports ipykernel and
-# PYTHON_PRELOAD once, freezes what it imported out of the garbage collector (so a child's
-# first full collection does not copy those pages) and waits for requests on the
-# descriptor named by argv[1], a SOCK_SEQPACKET socket to the server. No user code ever
+# PYTHON_PRELOAD once, does the part of the kernel application's start that needs no
+# socket, thread or session (its command line, IPython profile and configuration files),
+# freezes what it imported out of the garbage collector (so a child's first full collection
+# does not copy those pages) and waits for requests on the descriptor named by argv[1], a
+# SOCK_SEQPACKET socket to the server. No user code ever
 # runs here, and it holds nothing of any session: each request brings the session's host
 # uid, its workspace and socket directory as detached mounts (open_tree descriptors) and
 # the run's cgroup.procs files opened by the server.
@@ -30,7 +32,8 @@
 #      (bounding, ambient, effective, permitted, inheritable), sets no_new_privs and installs
 #      the sandbox's seccomp filters (descriptors named by argv[2:], read at start);
 #   5. forks the kernel (pid 2), which reseeds the random generators and starts IPKernelApp
-#      on the connection file in /run/kernel. Its stdout and stderr go to /dev/null.
+#      on the connection file in /run/kernel (the rest of its start: sockets, threads, the
+#      shell). Its stdout and stderr go to /dev/null.
 #
 # The template refuses to fork while it has more than one thread (a forked thread's locks
 # would stay locked in the child).
@@ -44,6 +47,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -199,24 +203,45 @@ def reseed():
         numpy.random.seed()
 
 
-def start_kernel():
-    reseed()
+KERNEL_ARGV = [
+    "-f",
+    "/run/kernel/kernel.json",
+    "--HistoryManager.enabled=False",
+    "--IPKernelApp.quiet=True",
+]
+
+
+def prepare_kernel_app():
+    """In the template: the kernel application's part of its start that needs neither
+    sockets nor threads nor anything of a session (its command line, the IPython profile and
+    the configuration files of the read-only system), done once for every fork."""
+    from IPython.core.application import BaseIPythonApplication
     from ipykernel.kernelapp import IPKernelApp
 
     sys.argv = ["ipykernel_launcher"]
     app = IPKernelApp.instance()
-    app.initialize(
-        [
-            "-f",
-            "/run/kernel/kernel.json",
-            "--HistoryManager.enabled=False",
-            "--IPKernelApp.quiet=True",
-        ]
-    )
+    BaseIPythonApplication.initialize(app, KERNEL_ARGV)
+    # The fork's initialize() skips that part: it was done here.
+    BaseIPythonApplication.initialize = lambda self, argv=None: None
+    return app
+
+
+def start_kernel(app):
+    reseed()
+    if app is None:
+        from ipykernel.kernelapp import IPKernelApp
+
+        sys.argv = ["ipykernel_launcher"]
+        app = IPKernelApp.instance()
+    else:
+        # The profile's directories were made in the template's /tmp, which the fork's covers.
+        os.makedirs(app.profile_dir.location, 0o755, exist_ok=True)
+        app.profile_dir.check_dirs()
+    app.initialize(KERNEL_ARGV)
     app.start()
 
 
-def isolate(request, workspace_fd, sockets_fd, filters):
+def isolate(request, workspace_fd, sockets_fd, filters, app):
     """In pid 1 of the new PID namespace: build the sandbox, then fork the kernel."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -249,7 +274,7 @@ def isolate(request, workspace_fd, sockets_fd, filters):
     install_filters(filters)
     kernel = os.fork()
     if kernel == 0:
-        start_kernel()
+        start_kernel(app)
         os._exit(0)
     # The reaper: every orphan of the namespace comes here; the kernel's end is ours.
     while True:
@@ -261,7 +286,7 @@ def isolate(request, workspace_fd, sockets_fd, filters):
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def fork_kernel(request, fds, filters, control, report_w):
+def fork_kernel(request, fds, filters, control, report_w, app):
     """In the forked child: join the cgroups, become the session's uid in namespaces of its
     own, hand over to pid 1."""
     control.close()
@@ -274,13 +299,13 @@ def fork_kernel(request, fds, filters, control, report_w):
     init = os.fork()
     if init == 0:
         os.close(report_w)
-        isolate(request, workspace_fd, sockets_fd, filters)
+        isolate(request, workspace_fd, sockets_fd, filters, app)
         os._exit(1)
     os.write(report_w, b"%d\n" % init)
     os._exit(0)
 
 
-def serve(control, filters):
+def serve(control, filters, app):
     while True:
         try:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
@@ -297,6 +322,7 @@ def serve(control, filters):
         if not data:
             return  # The server is gone.
         answer = {"ok": False}
+        t0 = time.perf_counter()
         try:
             request = json.loads(data)
             threads = len(os.listdir("/proc/self/task"))
@@ -307,17 +333,17 @@ def serve(control, filters):
             if child == 0:
                 try:
                     os.close(report_r)
-                    fork_kernel(request, fds, filters, control, report_w)
+                    fork_kernel(request, fds, filters, control, report_w, app)
                 except BaseException as err:
                     print(f"kernel fork failed: {err}", file=sys.stderr, flush=True)
                 os._exit(1)
             os.close(report_w)
-            os.waitpid(child, 0)
+            # The answer goes as soon as the fork's init exists; the fork is reaped above.
             with os.fdopen(report_r) as report:
-                init = report.read().strip()
+                init = report.readline().strip()
             if not init:
                 raise RuntimeError("the fork failed before its namespace was made")
-            answer = {"ok": True, "pid": int(init)}
+            answer = {"ok": True, "pid": int(init), "ms": (time.perf_counter() - t0) * 1e3}
         except Exception as err:
             answer = {"ok": False, "error": str(err)}
         finally:
@@ -361,10 +387,15 @@ def main():
             __import__(name)
         except Exception as err:
             print(f"preload of {name} failed: {err}", file=sys.stderr, flush=True)
+    try:
+        app = prepare_kernel_app()
+    except Exception as err:
+        print(f"the kernel application could not be prepared: {err}", file=sys.stderr, flush=True)
+        app = None
     gc.collect()
     gc.freeze()
     control.send(b'{"ready": true}')
-    serve(control, filters)
+    serve(control, filters, app)
 
 
 main()

@@ -205,10 +205,12 @@ impl KernelTemplate {
         let Some(current) = running.as_ref() else {
             return Err("no kernel template".into());
         };
+        let t0 = std::time::Instant::now();
         let request = self
             .sandbox
             .prepare_fork(&attach, limits, run_id)
             .map_err(|e| e.to_string())?;
+        let prepared = t0.elapsed();
         let control = Arc::clone(&current.control);
         let (request, answer) = tokio::task::spawn_blocking(move || {
             let answer = control
@@ -234,6 +236,15 @@ impl KernelTemplate {
                 answer["error"].as_str().unwrap_or("no reason given")
             ));
         }
-        request.adopt().map_err(|e| e.to_string())
+        let answered = t0.elapsed();
+        let adopted = request.adopt().map_err(|e| e.to_string());
+        tracing::debug!(
+            prepare_ms = prepared.as_secs_f64() * 1e3,
+            answer_ms = answered.as_secs_f64() * 1e3,
+            template_ms = answer["ms"].as_f64().unwrap_or(-1.0),
+            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "kernel forked"
+        );
+        adopted
     }
 }
