@@ -4,7 +4,8 @@
 //! each other by `NODE_URL`: any node answers any call. A file goes up through one node and
 //! comes back byte for byte from another; Python state holds while calls hop between nodes
 //! (they are forwarded to the node with the kernel, streams too); the owner killed with
-//! SIGKILL costs its kernel and no file; 3 x 20 sessions at once mix nothing; Redis and
+//! SIGKILL costs its kernel and no file; a programmatic run's continuation and
+//! cancellation reach the node that holds it, and one whose node died is told so; 3 x 20 sessions at once mix nothing; Redis and
 //! SeaweedFS restarted mid-run give 503s with a sentence, then recovery, and lose nothing
 //! acknowledged.
 
@@ -93,8 +94,11 @@ async fn scenario(net: &Network, parts: &SharedParts) {
 
     upload_run_download_on_three_nodes(&nodes).await;
     let sid = python_state_across_nodes(&nodes).await;
+    programmatic_across_nodes(&nodes).await;
     sessions_at_once(&nodes).await;
+    let suspended = program_waiting_for_tools(&nodes[0], "await add(a=1, b=2)").await;
     owner_killed(&mut nodes, &sid).await;
+    program_of_a_killed_node(&nodes[1], &suspended).await;
     outages(parts, &nodes[1..]).await;
 }
 
@@ -207,6 +211,101 @@ async fn python_state_across_nodes(nodes: &[TestServer; 3]) -> String {
     let (_, after) = exec(&nodes[2], KEY_A, py("print(x)", &sid)).await;
     assert_eq!(after["stdout"], "42\n", "{after}");
     sid
+}
+
+async fn programmatic(
+    node: &TestServer,
+    body: &Value,
+    request_id: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = node
+        .client
+        .post(node.url("/v1/exec/programmatic"))
+        .header("x-api-key", KEY_A)
+        .json(body);
+    if let Some(id) = request_id {
+        req = req.header("X-LibreChat-Code-Request-ID", id);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+    )
+}
+
+/// A Python program on `node` that calls the `add` tool; its `tool_call_required` step.
+async fn program_waiting_for_tools(node: &TestServer, call: &str) -> Value {
+    let body = json!({
+        "code": format!("r = {call}\nprint('sum', r)"),
+        "tools": [{"name": "add", "description": "adds", "parameters": {"type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}],
+    });
+    let (status, step) = programmatic(node, &body, None).await;
+    assert_eq!(status, StatusCode::OK, "{step}");
+    assert_eq!(step["status"], "tool_call_required", "{step}");
+    step
+}
+
+fn results(step: &Value, value: Value) -> Value {
+    json!({
+        "continuation_token": step["continuation_token"],
+        "tool_results": [{"call_id": step["tool_calls"][0]["id"], "result": value}],
+    })
+}
+
+/// A program started on node 1 calls a tool; its continuation sent to node 2 resumes it on
+/// node 1, and one cancelled through node 3 stops it there.
+async fn programmatic_across_nodes(nodes: &[TestServer; 3]) {
+    let step = program_waiting_for_tools(&nodes[0], "await add(a=1, b=2)").await;
+    assert_eq!(
+        step["tool_calls"][0]["input"],
+        json!({"a": 1, "b": 2}),
+        "{step}"
+    );
+    let (status, done) = programmatic(&nodes[1], &results(&step, json!(3)), None).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["stdout"], "sum 3\n", "{done}");
+
+    let request = "cluster-cancel-0123456789";
+    let body = json!({
+        "code": "r = await add(a=2, b=2)\nprint('sum', r)",
+        "tools": [{"name": "add", "parameters": {"type": "object"}}],
+    });
+    let (status, step) = programmatic(&nodes[0], &body, Some(request)).await;
+    assert_eq!(step["status"], "tool_call_required", "{status} {step}");
+    let cancelled = nodes[2]
+        .client
+        .post(nodes[2].url("/v1/exec/programmatic/cancel"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({"request_id": request}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::ACCEPTED);
+    // Node 1 stopped it: the continuation learns so (or that the run is over).
+    let (status, after) = programmatic(&nodes[1], &results(&step, json!(4)), None).await;
+    assert!(
+        (status == StatusCode::OK && after["error"] == "Programmatic execution request cancelled")
+            || (status == StatusCode::NOT_FOUND
+                && after["error"] == "Execution not found or expired"),
+        "{status} {after}"
+    );
+}
+
+/// The continuation of a program whose node was killed: a 404 that says so, at once.
+async fn program_of_a_killed_node(node: &TestServer, step: &Value) {
+    let (status, lost) = programmatic(node, &results(step, json!(3)), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{lost}");
+    assert!(
+        lost["error"]
+            .as_str()
+            .unwrap()
+            .contains("node that ran it stopped"),
+        "{lost}"
+    );
 }
 
 /// 3 x 20 sessions at once: each uploads through one node, runs on the next and downloads

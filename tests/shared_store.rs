@@ -423,3 +423,86 @@ async fn the_run_rate_limit_counts_across_nodes() {
     let (status, body) = exec(&n2, KEY_B, run("u1")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn a_tenants_run_share_counts_across_nodes_and_a_killed_node_gives_its_back() {
+    let cluster = cluster_name("share");
+    let parts = SharedParts::get();
+    let mut env = parts.env(&cluster);
+    for (k, v) in [
+        ("MAX_CONCURRENT_RUNS_PER_TENANT", "1"),
+        ("MAX_QUEUED_RUNS_PER_TENANT", "0"),
+        ("NODE_LEASE_SECONDS", "2"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (mut n1, n2) = tokio::join!(TestServer::start(&env), TestServer::start(&env));
+    let quick = json!({"lang": "bash", "code": "echo ok"});
+
+    // The tenant's one run at a time runs on node 1 (its client gives up when node 1 dies).
+    // Node 2's runs of the same tenant go through until node 1's holds the share; from then
+    // node 2 refuses them as node 1 itself does. (Node 1's run is refused in turn while one
+    // of node 2's holds the share: then it is sent again.)
+    let long_run = || {
+        let request = n1
+            .client
+            .post(n1.url("/v1/exec"))
+            .header("x-api-key", KEY_A)
+            .json(&json!({"lang": "bash", "code": "sleep 120"}))
+            .send();
+        tokio::spawn(request)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut long = long_run();
+    let refused = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1's run never took the share"
+        );
+        if long.is_finished() {
+            let answer = long.await.unwrap().unwrap();
+            assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+            long = long_run();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (status, body) = exec(&n2, KEY_A, quick.clone()).await;
+        match status {
+            StatusCode::OK => assert_eq!(body["stdout"], "ok\n", "{body}"),
+            StatusCode::TOO_MANY_REQUESTS => break body,
+            other => panic!("{other}: {body}"),
+        }
+    };
+    let (status, on_node_1) = exec(&n1, KEY_A, quick.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{on_node_1}");
+    assert_eq!(refused, on_node_1, "node 2 refuses as one node does");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_QUEUED_RUNS_PER_TENANT"),
+        "{refused}"
+    );
+    // Another tenant has its own share.
+    let (status, body) = exec(&n2, KEY_B, quick.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Node 1 dies holding the slot: once its place would have been renewed and was not,
+    // the slot is the tenant's again.
+    n1.kill();
+    let _ = long.await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, body) = exec(&n2, KEY_A, quick.clone()).await;
+        match status {
+            StatusCode::OK => break,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}: {body}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed node's slot never came back: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -72,34 +72,72 @@ pub async fn to_owner(
     headers: &HeaderMap,
     body: Bytes,
 ) -> ApiResult<Option<Response>> {
+    let sent = to_holder(
+        state,
+        "this session's Python kernel",
+        || state.store.placement(session_id),
+        method,
+        uri,
+        headers,
+        body,
+    )
+    .await?;
+    Ok(match sent {
+        Sent::Here => None,
+        Sent::Gone => {
+            state
+                .exec
+                .python()
+                .mark_lost(session_id, "the server node that held it stopped");
+            None
+        }
+        Sent::Answer(response) => Some(response),
+    })
+}
+
+/// What a call for something another node may hold came to.
+pub enum Sent {
+    /// It is this node's to answer (one node, a forwarded call, held here or nowhere).
+    Here,
+    /// The node that held it is gone (its lease ended, or it refuses connections).
+    Gone,
+    /// The holder's answer, streamed as it comes.
+    Answer(Response),
+}
+
+/// Send the call to the live node that `placement` names; `what` is what that node holds,
+/// for the sentences of a 503 (it does not answer) and a 502 (it broke off).
+pub async fn to_holder<F, Fut>(
+    state: &AppState,
+    what: &str,
+    placement: F,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Sent>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Placement, crate::store::StoreError>>,
+{
     let Some(forwarder) = state.forwarder.as_deref() else {
-        return Ok(None);
+        return Ok(Sent::Here);
     };
     if headers.contains_key(&FORWARDED_BY) {
-        return Ok(None);
+        return Ok(Sent::Here);
     }
     let deadline = Instant::now() + forwarder.lease + Duration::from_secs(2);
     loop {
-        let (node, url) = match state.store.placement(session_id).await? {
-            Placement::Here => return Ok(None),
-            Placement::Orphaned => {
-                state
-                    .exec
-                    .python()
-                    .mark_lost(session_id, "the server node that held it stopped");
-                return Ok(None);
-            }
+        let (node, url) = match placement().await? {
+            Placement::Here => return Ok(Sent::Here),
+            Placement::Orphaned => return Ok(Sent::Gone),
             Placement::Node { id, url } => (id, url),
         };
         match send(forwarder, &url, method.clone(), uri, headers, body.clone()).await {
-            Ok(response) => return Ok(Some(response)),
+            Ok(response) => return Ok(Sent::Answer(response)),
             Err(SendError::Refused) => {
-                tracing::info!(session = %session_id, %node, "the node holding the session refused the connection; running it here");
-                state
-                    .exec
-                    .python()
-                    .mark_lost(session_id, "the server node that held it stopped");
-                return Ok(None);
+                tracing::info!(%node, "the node holding {what} refused the connection");
+                return Ok(Sent::Gone);
             }
             Err(SendError::Silent) if Instant::now() < deadline => {
                 tokio::time::sleep(RETRY_EVERY).await;
@@ -108,17 +146,21 @@ pub async fn to_owner(
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "node_unavailable",
-                    "The server node that holds this session's Python kernel does not answer; try again in a few seconds.",
+                    format!(
+                        "The server node that holds {what} does not answer; try again in a few seconds."
+                    ),
                 );
                 err.retry_after = Some(forwarder.lease.as_secs().max(1));
                 return Err(err);
             }
             Err(SendError::Broken(reason)) => {
-                tracing::warn!(session = %session_id, %node, %reason, "a forwarded call broke off");
+                tracing::warn!(%node, %reason, "a forwarded call broke off");
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "node_failed",
-                    "The server node that holds this session's Python kernel stopped answering during the call; the call may have run. Look at the session's files before sending it again.",
+                    format!(
+                        "The server node that holds {what} stopped answering during the call; the call may have run. Look at the session's files before sending it again."
+                    ),
                 ));
             }
         }

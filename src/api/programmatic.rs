@@ -13,7 +13,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,12 +22,14 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::exec::{ArtifactTruncation, ExecFile, FileRefBody, file_refs, label};
+use super::forward::{self, Sent};
 use crate::exec::{
     CancelOutcome, ExecResult, Principal, ProgramError, ProgramLanguage, ProgramRequest, Step,
     ToolResult, ToolSpec,
 };
 use crate::identity::Identity;
 use crate::session::{SessionOwner, is_valid_entity_id};
+use crate::store::Placement;
 
 /// The header LibreChat sends with each request it may cancel.
 const REQUEST_ID: &str = "x-librechat-code-request-id";
@@ -471,12 +473,35 @@ async fn program_request(
 pub async fn programmatic(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // A continuation for a run another node holds is that node's to answer.
+    if let Ok(raw) = &body
+        && let Ok(TokenOnly {
+            continuation_token: Some(token),
+        }) = serde_json::from_slice(raw)
+        && !token.is_empty()
+        && !state.exec.holds_program(&token)
+    {
+        let sent = from_holder(&state, &identity, &token, &uri, &headers, raw.clone()).await;
+        match sent {
+            Ok(Sent::Here) => {}
+            Ok(Sent::Answer(answer)) => return answer,
+            Ok(Sent::Gone) => {
+                return Refusal::Official(StatusCode::NOT_FOUND, HOLDER_GONE.into())
+                    .into_response();
+            }
+            Err(err) => return err.into_response(),
+        }
+    }
     let principal = principal_of(&identity);
     let refused = async {
         let request_id = request_id(&headers)?;
+        if let Some(id) = &request_id {
+            hold(&state, &identity, id).await;
+        }
         let mut body = body_of(&state, body)?;
         let language = language(&body)?;
         let session_hint = body.session_id.clone().unwrap_or_default();
@@ -497,6 +522,7 @@ pub async fn programmatic(
                     Box::pin(async move { exec.start_program(req).await })
                 }
             };
+        let step = record_token(&state, &identity, step);
         Ok::<_, Refusal>((step, session_hint))
     };
     let (mut step, session_hint) = match refused.await {
@@ -508,6 +534,84 @@ pub async fn programmatic(
         Ok(Err(err)) => Refusal::from(err).into_response(),
         Err(_) => kept_alive(step, session_hint),
     }
+}
+
+/// Only the continuation token of a body, to know where the request goes.
+#[derive(Deserialize)]
+struct TokenOnly {
+    continuation_token: Option<String>,
+}
+
+/// A continuation whose run's node stopped (several nodes): the run is gone with it.
+const HOLDER_GONE: &str =
+    "Execution not found or expired: the server node that ran it stopped; run the program again";
+
+/// Which node holds the run that `key` leads to (a continuation token, or a request id to
+/// cancel), and that node's answer when it is another live one.
+async fn from_holder(
+    state: &AppState,
+    identity: &Identity,
+    key: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    raw: Bytes,
+) -> Result<Sent, ApiError> {
+    if state.forwarder.is_none() {
+        return Ok(Sent::Here);
+    }
+    let placement = || async {
+        let placed = state.store.program_placement(&identity.tenant, key).await?;
+        Ok(placed.unwrap_or(Placement::Here))
+    };
+    forward::to_holder(
+        state,
+        "this programmatic run",
+        placement,
+        Method::POST,
+        uri,
+        headers,
+        raw,
+    )
+    .await
+}
+
+/// How long a record of which node holds a run lasts: as long as the run may.
+fn held_for(state: &AppState) -> Duration {
+    Duration::from_secs(state.settings.execution_timeout + 60)
+}
+
+/// Record that this node holds the run `key` leads to (several nodes only).
+async fn hold(state: &AppState, identity: &Identity, key: &str) {
+    if state.forwarder.is_none() {
+        return;
+    }
+    if let Err(err) = state
+        .store
+        .hold_program(&identity.tenant, key, held_for(state))
+        .await
+    {
+        tracing::warn!(error = %err, "which node holds a programmatic run could not be recorded");
+    }
+}
+
+/// `step`, recording that this node holds its run once it answers with a continuation
+/// token, before the client can send the continuation anywhere.
+fn record_token(
+    state: &AppState,
+    identity: &Identity,
+    step: futures::future::BoxFuture<'static, Result<Step, ProgramError>>,
+) -> futures::future::BoxFuture<'static, Result<Step, ProgramError>> {
+    if state.forwarder.is_none() {
+        return step;
+    }
+    let (state, identity) = (state.clone(), identity.clone());
+    Box::pin(async move {
+        let step = step.await;
+        if let Ok(Step::ToolCalls { token, .. }) = &step {
+            hold(&state, &identity, token).await;
+        }
+        step
+    })
 }
 
 /// A 200 whose body is spaces, one a second, then the step's JSON (JSON parsers skip
@@ -573,16 +677,28 @@ pub struct CancelResponse {
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
+    uri: Uri,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let id = body
-        .ok()
-        .and_then(|b| serde_json::from_slice::<CancelBody>(&b).ok())
+    let raw = body.ok();
+    let id = raw
+        .as_ref()
+        .and_then(|b| serde_json::from_slice::<CancelBody>(b).ok())
         .and_then(|b| b.request_id)
         .filter(|id| is_request_id(id));
-    let Some(id) = id else {
+    let (Some(id), Some(raw)) = (id, raw) else {
         return Refusal::bad("Invalid or missing request_id").into_response();
     };
+    // The request's run is on another node: that node stops it. A run whose node stopped
+    // is gone already; this node remembers the cancellation as for an id not seen yet.
+    if !state.exec.knows_request(&id) {
+        match from_holder(&state, &identity, &id, &uri, &headers, raw).await {
+            Ok(Sent::Answer(answer)) => return answer,
+            Ok(Sent::Here | Sent::Gone) => {}
+            Err(err) => return err.into_response(),
+        }
+    }
     match state.exec.cancel_program(&principal_of(&identity), &id) {
         CancelOutcome::Requested => (
             StatusCode::ACCEPTED,

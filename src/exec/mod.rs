@@ -22,13 +22,15 @@ use crate::runtime::python::{PythonError, PythonRuntime};
 use crate::runtime::{self, Language, RunEvent, RunOutcome, RunStatus, RuntimeError};
 use crate::sandbox::{Limits, Mount};
 use crate::session::{SessionOwner, SessionTurns, Tenant, is_valid_id, new_id};
-use crate::store::{FileMeta, FileName, FileOrigin, Session, Snapshot, Store, StoreError};
+use crate::store::{
+    FileMeta, FileName, FileOrigin, Session, ShareLimits, Snapshot, Store, StoreError,
+};
 
 pub use programmatic::{
     ANNOUNCEMENT, CancelOutcome, MAX_RESULT_BYTES, Principal, ProgramError, ProgramLanguage,
     ProgramRequest, Step, ToolResult, ToolSpec,
 };
-use slots::RunSlots;
+use slots::{Queued, RunSlots, SharePlace};
 pub use utf8::Utf8Decoder;
 
 /// Image types a rich output may carry, the file extension each is saved with.
@@ -302,6 +304,14 @@ pub enum ExecError {
     Internal(String),
 }
 
+/// A tenant with its share running and its queue full (on this node, or on all together).
+fn queue_full(queued: usize) -> ExecError {
+    ExecError::Busy(format!(
+        "this API key already has {queued} runs waiting for a slot (MAX_QUEUED_RUNS_PER_TENANT); \
+         wait for some to finish"
+    ))
+}
+
 impl From<PythonError> for ExecError {
     fn from(err: PythonError) -> Self {
         match err {
@@ -486,11 +496,7 @@ impl ExecService {
             });
         }
         if let Err(full) = self.slots.admit(&req.tenant) {
-            return Err(ExecError::Busy(format!(
-                "this API key already has {} runs waiting for a slot (MAX_QUEUED_RUNS_PER_TENANT); \
-                 wait for some to finish",
-                full.queued
-            )));
+            return Err(queue_full(full.queued));
         }
         let version = self.process.version(language).await?;
         // A run may write (and a new session is a directory): not below the disk floor.
@@ -500,6 +506,12 @@ impl ExecService {
         if language == Language::PYTHON {
             self.python.check_room(&session.id).await?;
         }
+        // Several nodes count the tenant's share together; the last check before the run.
+        let share = match SharePlace::queue(&self.store, &req.tenant, self.share_limits()).await? {
+            Queued::NotShared => None,
+            Queued::Place(place) => Some(place),
+            Queued::Full(full) => return Err(queue_full(full.queued)),
+        };
         let (tx, mut rx) = mpsc::channel(256);
         if language == Language::PYTHON {
             let shown = extras.shown_code.as_deref().unwrap_or(&req.code);
@@ -521,9 +533,13 @@ impl ExecService {
                     inputs,
                     run_token,
                     &extras,
+                    share.as_ref(),
                     &tx,
                 )
                 .await;
+            if let Some(place) = share {
+                place.release().await;
+            }
             let done = result.unwrap_or_else(|err| {
                 let message = match err {
                     ExecError::SessionNotFound => err.to_string(),
@@ -724,6 +740,14 @@ impl ExecService {
         Ok(out)
     }
 
+    fn share_limits(&self) -> ShareLimits {
+        ShareLimits {
+            per_tenant: self.settings.concurrent_runs_per_tenant(),
+            max_queued: self.settings.max_queued_runs_per_tenant as usize,
+            lease: Duration::from_secs(self.settings.node_lease_seconds.max(1)),
+        }
+    }
+
     fn limits(&self) -> Limits {
         let s = &self.settings;
         Limits {
@@ -748,16 +772,20 @@ impl ExecService {
         inputs: Vec<(FileRef, FileName, FileMeta)>,
         cancel: CancellationToken,
         extras: &RunExtras,
+        share: Option<&SharePlace>,
         tx: &mpsc::Sender<ExecEvent>,
     ) -> Result<ExecResult, ExecError> {
         let queued = Instant::now();
         let wait = async {
             let turn = self.turns.take(&session.id).await;
+            if let Some(place) = share {
+                place.wait().await?;
+            }
             let slot = self.slots.acquire(&req.tenant).await;
-            (turn, slot)
+            Ok::<_, StoreError>((turn, slot))
         };
         let (_turn, _slot) = tokio::select! {
-            got = wait => got,
+            got = wait => got?,
             _ = cancel.cancelled() => {
                 return Ok(cancelled_before_start(session.id, language, version, queued.elapsed()));
             }

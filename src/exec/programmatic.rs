@@ -625,6 +625,20 @@ impl ExecService {
         step
     }
 
+    /// Whether a run waiting for `token`'s continuation is held here.
+    pub fn holds_program(&self, token: &str) -> bool {
+        lock(&self.programs.continuations).contains_key(token)
+    }
+
+    /// Whether a request with this id is in flight here, or its run waits here for its
+    /// continuation.
+    pub fn knows_request(&self, request_id: &str) -> bool {
+        lock(&self.programs.requests).contains_key(request_id)
+            || lock(&self.programs.continuations)
+                .values()
+                .any(|c| c.request_id.as_deref() == Some(request_id))
+    }
+
     /// Send the results for a program's calls; answers at its next calls or its end.
     pub async fn resume_program(
         &self,

@@ -4,13 +4,22 @@
 //! runs the fewest (the earliest waiter among equals), so a tenant that keeps submitting cannot
 //! keep others waiting wave after wave. A tenant with a full queue is refused before its run
 //! starts.
+//!
+//! Several nodes (`STORE=shared`) count a tenant's share and queue across all of them as
+//! well ([`SharePlace`]): a run is queued in the store before it starts, takes one of its
+//! tenant's slots there before its slot here, and gives it back when it ends. Places last
+//! `NODE_LEASE_SECONDS` and are renewed while the run waits or runs, so a node that dies
+//! holding some gives them back when its lease would have ended.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::session::Tenant;
+use crate::session::{Tenant, new_id};
+use crate::store::{Share, ShareLimits, Store, StoreResult};
 
 pub struct RunSlots {
     per_tenant: usize,
@@ -182,6 +191,117 @@ impl Drop for Place<'_> {
             self.slots.lock().waiting.retain(|w| w.id != id);
             // Its departure may make room for someone behind it.
             self.slots.dispatch();
+        }
+    }
+}
+
+/// How often a run waiting for a slot another node holds asks the store again.
+const SHARE_POLL: Duration = Duration::from_millis(200);
+
+/// What queueing a run in its tenant's share across nodes came to.
+pub enum Queued {
+    /// The store counts no share (one node): the slots here are all there is.
+    NotShared,
+    Place(SharePlace),
+    Full(QueueFull),
+}
+
+/// A run's place in its tenant's share across nodes: renewed while the run waits or runs,
+/// given back by [`SharePlace::release`] (or, later, when dropped).
+pub struct SharePlace {
+    store: Arc<dyn Store>,
+    tenant: Tenant,
+    run: String,
+    limits: ShareLimits,
+    granted: Arc<AtomicBool>,
+    renewal: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+impl SharePlace {
+    /// Queue a new run of `tenant`, or refuse it when the tenant runs its share on all
+    /// nodes together and has as many runs waiting as it may.
+    pub async fn queue(
+        store: &Arc<dyn Store>,
+        tenant: &Tenant,
+        limits: ShareLimits,
+    ) -> StoreResult<Queued> {
+        let run = new_id();
+        match store.take_share(tenant, &run, limits, true).await? {
+            Share::NotShared => return Ok(Queued::NotShared),
+            Share::Full { queued } => return Ok(Queued::Full(QueueFull { queued })),
+            Share::Granted | Share::Queued => {}
+        }
+        let granted = Arc::new(AtomicBool::new(false));
+        let renewal = tokio::spawn({
+            let (store, tenant, run, granted) = (
+                Arc::clone(store),
+                tenant.clone(),
+                run.clone(),
+                Arc::clone(&granted),
+            );
+            let every = limits.lease / 3;
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let holds = granted.load(Ordering::Relaxed);
+                    if let Err(err) = store.renew_share(&tenant, &run, holds, limits.lease).await {
+                        tracing::warn!(error = %err, "a run's share could not be renewed");
+                    }
+                }
+            }
+        });
+        Ok(Queued::Place(SharePlace {
+            store: Arc::clone(store),
+            tenant: tenant.clone(),
+            run,
+            limits,
+            granted,
+            renewal,
+            released: false,
+        }))
+    }
+
+    /// Wait until the run holds one of its tenant's slots across nodes.
+    pub async fn wait(&self) -> StoreResult<()> {
+        loop {
+            match self
+                .store
+                .take_share(&self.tenant, &self.run, self.limits, false)
+                .await?
+            {
+                Share::Queued => tokio::time::sleep(SHARE_POLL).await,
+                Share::Granted | Share::NotShared | Share::Full { .. } => {
+                    self.granted.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Give the place or slot back now (before the run's result is sent, so the tenant's
+    /// next run finds it free).
+    pub async fn release(mut self) {
+        self.renewal.abort();
+        self.released = true;
+        self.store.release_share(&self.tenant, &self.run).await;
+    }
+}
+
+impl Drop for SharePlace {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        if self.released {
+            return;
+        }
+        // A run dropped on its way (cancelled, or its task ended otherwise).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, tenant, run) = (
+                Arc::clone(&self.store),
+                self.tenant.clone(),
+                self.run.clone(),
+            );
+            runtime.spawn(async move { store.release_share(&tenant, &run).await });
         }
     }
 }

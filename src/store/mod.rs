@@ -196,6 +196,28 @@ pub enum Allowance {
     Wait(Duration),
 }
 
+/// Where a run stands in its tenant's share of runs counted by several nodes
+/// (`MAX_CONCURRENT_RUNS_PER_TENANT`, `MAX_QUEUED_RUNS_PER_TENANT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// This store keeps no shared count (one node counts its own).
+    NotShared,
+    /// The run holds one of its tenant's slots.
+    Granted,
+    /// The run waits for a slot, counted among its tenant's waiting runs.
+    Queued,
+    /// The tenant runs its share already and has this many runs waiting: refused.
+    Full { queued: usize },
+}
+
+/// A tenant's share of runs, and how long a place in it lasts unless renewed.
+#[derive(Debug, Clone, Copy)]
+pub struct ShareLimits {
+    pub per_tenant: usize,
+    pub max_queued: usize,
+    pub lease: Duration,
+}
+
 /// Where a session's calls that need its Python kernel run: the session directory of
 /// several nodes. One node always answers [`Placement::Here`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,6 +316,50 @@ pub trait Store: Send + Sync {
         _per_minute: u32,
     ) -> StoreResult<Allowance> {
         Ok(Allowance::NotShared)
+    }
+
+    /// Place run `run` (an id new for each run) in its tenant's share across nodes. The
+    /// first call queues it, or refuses it when the tenant runs its share and its queue is
+    /// full; a later call grants it a slot when one is free. A place or a slot lasts
+    /// `limits.lease` unless renewed, so a node that dies gives its own back.
+    async fn take_share(
+        &self,
+        _tenant: &Tenant,
+        _run: &str,
+        _limits: ShareLimits,
+        _first: bool,
+    ) -> StoreResult<Share> {
+        Ok(Share::NotShared)
+    }
+
+    /// Keep run `run`'s place (or, `granted`, its slot) for another `lease`.
+    async fn renew_share(
+        &self,
+        _tenant: &Tenant,
+        _run: &str,
+        _granted: bool,
+        _lease: Duration,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Give run `run`'s place or slot back.
+    async fn release_share(&self, _tenant: &Tenant, _run: &str) {}
+
+    /// Record that this node holds the programmatic run that `key` leads to (a
+    /// continuation token or a request id, with its tenant), for `ttl` (several nodes only).
+    async fn hold_program(&self, _tenant: &Tenant, _key: &str, _ttl: Duration) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Which node holds the programmatic run that `key` leads to; `None` when no node
+    /// recorded it (one node always answers `None`).
+    async fn program_placement(
+        &self,
+        _tenant: &Tenant,
+        _key: &str,
+    ) -> StoreResult<Option<Placement>> {
+        Ok(None)
     }
 
     /// Which node's kernel serves the session's Python (several nodes only).

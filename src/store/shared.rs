@@ -36,8 +36,8 @@ use tokio::io::AsyncReadExt;
 
 use super::{
     Allowance, BodyStream, FileMeta, FileName, FileOrigin, LocalStore, NewFile, Placement,
-    ReadOnlyCopies, Session, Snapshot, StagedFile, Store, StoreError, StoreResult, StoreStats,
-    now_millis,
+    ReadOnlyCopies, Session, Share, ShareLimits, Snapshot, StagedFile, Store, StoreError,
+    StoreResult, StoreStats, now_millis,
 };
 use crate::session::{SessionOwner, Tenant, new_id};
 
@@ -309,7 +309,85 @@ redis.call('SET', k, string.format('%.0f', tat + step), 'PX', tat + step - now +
 return -1
 "#;
 
+/// A tenant's runs across nodes: `cr:<tenant>` holds the runs with a slot and `cq:<tenant>`
+/// the runs waiting for one, each scored by when its place ends (Redis's clock) unless its
+/// node renews it; `cw:<tenant>` is the line of waiting runs ready to start, in the order
+/// they joined it, a run that left `cq` dropped from it as it is met. Each key lasts as
+/// long as its last place. ARGV: prefix, tenant key, run, share, queue limit, lease ms,
+/// first (1: a new run) → 1 (a slot), 0 (waiting) or -1 - n (refused: the tenant runs its
+/// share and n runs wait).
+const TAKE_SHARE: &str = r#"
+local p, t, m = ARGV[1], ARGV[2], ARGV[3]
+local run, queue, line = p .. 'cr:' .. t, p .. 'cq:' .. t, p .. 'cw:' .. t
+local share, max_queued, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local c = redis.call('TIME')
+local now = tonumber(c[1]) * 1000 + math.floor(tonumber(c[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', run, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', queue, '-inf', now)
+local function place(key)
+  redis.call('ZADD', key, now + lease, m)
+  redis.call('PEXPIRE', key, lease)
+end
+if redis.call('ZSCORE', run, m) then place(run) return 1 end
+if ARGV[7] == '1' then
+  local queued = redis.call('ZCARD', queue)
+  if redis.call('ZCARD', run) >= share and queued >= max_queued then return -1 - queued end
+  place(queue)
+  return 0
+end
+place(queue)
+if not redis.call('ZSCORE', line, m) then redis.call('ZADD', line, now, m) end
+redis.call('PEXPIRE', line, lease)
+local free = share - redis.call('ZCARD', run)
+local i = 0
+while i < free do
+  local ahead = redis.call('ZRANGE', line, i, i)[1]
+  if not ahead then return 0 end
+  if ahead == m then
+    redis.call('ZREM', line, m)
+    redis.call('ZREM', queue, m)
+    place(run)
+    return 1
+  end
+  if redis.call('ZSCORE', queue, ahead) then i = i + 1 else redis.call('ZREM', line, ahead) end
+end
+return 0
+"#;
+
+/// ARGV: prefix, tenant key, run, granted (1: it holds a slot), lease ms. A place that
+/// ended meanwhile (Redis was out of reach) is taken again: the run is still there.
+const RENEW_SHARE: &str = r#"
+local key = ARGV[1] .. (ARGV[4] == '1' and 'cr:' or 'cq:') .. ARGV[2]
+local c = redis.call('TIME')
+local now = tonumber(c[1]) * 1000 + math.floor(tonumber(c[2]) / 1000)
+redis.call('ZADD', key, now + tonumber(ARGV[5]), ARGV[3])
+redis.call('PEXPIRE', key, tonumber(ARGV[5]))
+return 1
+"#;
+
+/// ARGV: prefix, tenant key, run.
+const RELEASE_SHARE: &str = r#"
+redis.call('ZREM', ARGV[1] .. 'cr:' .. ARGV[2], ARGV[3])
+redis.call('ZREM', ARGV[1] .. 'cq:' .. ARGV[2], ARGV[3])
+redis.call('ZREM', ARGV[1] .. 'cw:' .. ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// ARGV: prefix, program key → false (no node recorded it), [node] (its lease ended) or
+/// [node, url] (its lease is live).
+const PLACE_PROGRAM: &str = r#"
+local owner = redis.call('GET', ARGV[1] .. 'p:' .. ARGV[2])
+if not owner then return false end
+local url = redis.call('GET', ARGV[1] .. 'n:' .. owner)
+if not url then return {owner} end
+return {owner, url}
+"#;
+
 struct Scripts {
+    place_program: redis::Script,
+    take_share: redis::Script,
+    renew_share: redis::Script,
+    release_share: redis::Script,
     take_run: redis::Script,
     place: redis::Script,
     claim_kernel: redis::Script,
@@ -325,6 +403,10 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Scripts {
+            place_program: redis::Script::new(PLACE_PROGRAM),
+            take_share: redis::Script::new(TAKE_SHARE),
+            renew_share: redis::Script::new(RENEW_SHARE),
+            release_share: redis::Script::new(RELEASE_SHARE),
             take_run: redis::Script::new(TAKE_RUN),
             place: redis::Script::new(PLACE),
             claim_kernel: redis::Script::new(CLAIM_KERNEL),
@@ -380,6 +462,18 @@ fn bucket_error(err: object_store::Error) -> StoreError {
         what: BUCKET,
         reason: err.to_string(),
     }
+}
+
+/// A key's part made of names (tenants, users) that Redis never sees as they are.
+fn hashed(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update(b"\0");
+        }
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
 }
 
 fn parse_session(id: String, fields: Vec<Option<String>>) -> Option<Session> {
@@ -1126,16 +1220,12 @@ impl Store for SharedStore {
         user_id: Option<&str>,
         per_minute: u32,
     ) -> StoreResult<Allowance> {
-        let mut hasher = Sha256::new();
-        hasher.update(tenant.0.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(user_id.unwrap_or_default().as_bytes());
         let step = (60_000 / u64::from(per_minute.max(1))).max(1);
         let wait: i64 = self
             .scripts
             .take_run
             .arg(&self.prefix)
-            .arg(hex::encode(hasher.finalize()))
+            .arg(hashed(&[&tenant.0, user_id.unwrap_or_default()]))
             .arg(step)
             .invoke_async(&mut self.conn())
             .await
@@ -1144,6 +1234,101 @@ impl Store for SharedStore {
             Ok(ms) => Allowance::Wait(Duration::from_millis(ms)),
             Err(_) => Allowance::Granted,
         })
+    }
+
+    async fn take_share(
+        &self,
+        tenant: &Tenant,
+        run: &str,
+        limits: ShareLimits,
+        first: bool,
+    ) -> StoreResult<Share> {
+        let answer: i64 = self
+            .scripts
+            .take_share
+            .arg(&self.prefix)
+            .arg(hashed(&[&tenant.0]))
+            .arg(run)
+            .arg(limits.per_tenant)
+            .arg(limits.max_queued)
+            .arg(limits.lease.as_millis().max(1) as u64)
+            .arg(u8::from(first))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        Ok(match answer {
+            1 => Share::Granted,
+            0 => Share::Queued,
+            n => Share::Full {
+                queued: usize::try_from(-1 - n).unwrap_or_default(),
+            },
+        })
+    }
+
+    async fn renew_share(
+        &self,
+        tenant: &Tenant,
+        run: &str,
+        granted: bool,
+        lease: Duration,
+    ) -> StoreResult<()> {
+        self.scripts
+            .renew_share
+            .arg(&self.prefix)
+            .arg(hashed(&[&tenant.0]))
+            .arg(run)
+            .arg(u8::from(granted))
+            .arg(lease.as_millis().max(1) as u64)
+            .invoke_async::<()>(&mut self.conn())
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn release_share(&self, tenant: &Tenant, run: &str) {
+        let released = self
+            .scripts
+            .release_share
+            .arg(&self.prefix)
+            .arg(hashed(&[&tenant.0]))
+            .arg(run)
+            .invoke_async::<()>(&mut self.conn())
+            .await;
+        if let Err(err) = released {
+            tracing::warn!(error = %err, "a run's share could not be given back; it ends with its lease");
+        }
+    }
+
+    async fn hold_program(&self, tenant: &Tenant, key: &str, ttl: Duration) -> StoreResult<()> {
+        redis::cmd("SET")
+            .arg(self.key("p", &hashed(&[&tenant.0, key])))
+            .arg(&self.node_id)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn program_placement(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+    ) -> StoreResult<Option<Placement>> {
+        let owner: Option<Vec<String>> = self
+            .scripts
+            .place_program
+            .arg(&self.prefix)
+            .arg(hashed(&[&tenant.0, key]))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        let Some(owner) = owner else { return Ok(None) };
+        let mut owner = owner.into_iter();
+        Ok(Some(match (owner.next(), owner.next()) {
+            (Some(id), _) if id == self.node_id => Placement::Here,
+            (Some(id), Some(url)) => Placement::Node { id, url },
+            _ => Placement::Orphaned,
+        }))
     }
 
     async fn placement(&self, session_id: &str) -> StoreResult<Placement> {
