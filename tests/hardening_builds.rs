@@ -76,6 +76,8 @@ async fn builds_are_kept_per_tenant_capped_and_evicted_least_recently_used() {
     let before = entries(&server);
     let body = c(&server, KEY_A, &program(3 * 1024, 1)).await;
     assert_ne!(body["run"]["status"], "success", "{body}");
+    let message = body["run"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("BUILD_MAX_MB"), "{body}");
     assert_eq!(entries(&server), before);
 
     // Three programs of 250 KiB fit in 1 MiB with the two small ones; a fourth does not:

@@ -606,27 +606,49 @@ impl ProcessRuntime {
             cancel: req.cancel.clone(),
             ..*req
         };
+        // It also notes whether a tool said it hit the file size limit (the assembler's
+        // temporary files are not in `out`, and the driver reports its SIGXFSZ as an error).
         let forward = {
             let events = events.clone();
             tokio::spawn(async move {
+                let mut tail: Vec<u8> = Vec::new();
+                let mut file_too_large = false;
                 while let Some(ev) = rx.recv().await {
                     let bytes = match ev {
                         RunEvent::Stdout(b) | RunEvent::Stderr(b) => b,
                         _ => continue,
                     };
+                    if !file_too_large {
+                        tail.extend_from_slice(&bytes);
+                        file_too_large = says_file_too_large(&tail);
+                        let keep = tail.len().saturating_sub(64);
+                        tail.drain(..keep);
+                    }
                     let _ = events.send(RunEvent::Stderr(bytes)).await;
                 }
+                file_too_large
             })
         };
         let outcome = supervise(process, &build_req, deadline, started, &tx).await;
         drop(tx);
-        let _ = forward.await;
+        let file_too_large = forward.await.unwrap_or(false);
         let measured = out.path().to_path_buf();
-        let bytes = tokio::task::spawn_blocking(move || crate::store::workspace_usage(&measured))
-            .await
-            .unwrap_or(u64::MAX);
+        let (bytes, largest) = tokio::task::spawn_blocking(move || {
+            (
+                crate::store::workspace_usage(&measured),
+                crate::store::largest_file(&measured),
+            )
+        })
+        .await
+        .unwrap_or((u64::MAX, u64::MAX));
+        // A failed build that wrote a file of the build limit's size, or whose tools said
+        // they hit the file size limit, was stopped by that limit (RLIMIT_FSIZE).
+        let stopped_at_cap = outcome.status != RunStatus::Success
+            && cap.is_some_and(|cap| {
+                file_size_bytes == Some(cap) && (largest >= cap || file_too_large)
+            });
         if let Some(cap) = cap
-            && bytes > cap
+            && (bytes > cap || stopped_at_cap)
         {
             return Ok(Err(RunOutcome {
                 status: RunStatus::Killed,
@@ -658,6 +680,14 @@ impl ProcessRuntime {
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
         Ok(Ok(held))
     }
+}
+
+/// Whether compiler output reports the file size limit: `strsignal(SIGXFSZ)` or
+/// `strerror(EFBIG)`, the words gcc, as, ld and Go's tools print for it.
+fn says_file_too_large(output: &[u8]) -> bool {
+    [&b"File size limit exceeded"[..], b"File too large"]
+        .iter()
+        .any(|needle| output.windows(needle.len()).any(|w| w == *needle))
 }
 
 /// Wait for a sandboxed process while forwarding its output and enforcing the limits the
@@ -966,6 +996,17 @@ fn link_tree(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compiler_words_for_the_file_size_limit_are_recognised() {
+        assert!(says_file_too_large(
+            b"gcc: internal compiler error: File size limit exceeded signal terminated program as"
+        ));
+        assert!(says_file_too_large(
+            b"/usr/bin/ld: final link failed: File too large\n"
+        ));
+        assert!(!says_file_too_large(b"main.c:1:1: error: expected ';'"));
+    }
 
     #[test]
     fn a_seed_on_another_file_system_is_copied_once_and_then_linked() {

@@ -45,6 +45,12 @@ pub fn workspace_usage(root: &std::path::Path) -> u64 {
     }
 }
 
+/// The apparent size of the largest regular file below `root`, within the same entry limit
+/// (0 when it cannot be measured).
+pub fn largest_file(root: &std::path::Path) -> u64 {
+    tree::disk_usage(root, MAX_WORKSPACE_ENTRIES).map_or(0, |usage| usage.largest_file)
+}
+
 #[derive(Debug, Clone)]
 pub struct Session {
     pub id: String,

@@ -121,6 +121,8 @@ pub struct Usage {
     pub entries: usize,
     /// `false` when the walk stopped at its entry limit (the tree holds more).
     pub complete: bool,
+    /// The apparent size (`st_size`) of the largest regular file seen.
+    pub largest_file: u64,
 }
 
 /// The real bytes a tree takes: the allocated blocks of every inode below `root` and of
@@ -145,6 +147,7 @@ pub fn disk_usage(root: &Path, max_entries: usize) -> io::Result<Usage> {
                 bytes: 0,
                 entries: 0,
                 complete: true,
+                largest_file: 0,
             });
         }
         Err(err) => return Err(err.into()),
@@ -154,6 +157,7 @@ pub fn disk_usage(root: &Path, max_entries: usize) -> io::Result<Usage> {
         bytes: top.st_blocks as u64 * 512,
         entries: 0,
         complete: true,
+        largest_file: 0,
     };
     // Inodes with more than one link that were counted already.
     let mut linked: HashSet<(u64, u64)> = HashSet::new();
@@ -183,6 +187,9 @@ pub fn disk_usage(root: &Path, max_entries: usize) -> io::Result<Usage> {
                 let kind = FileType::from_raw_mode(stat.st_mode);
                 if kind == FileType::Directory {
                     todo.push(name.to_owned());
+                }
+                if kind == FileType::RegularFile {
+                    usage.largest_file = usage.largest_file.max(stat.st_size as u64);
                 }
                 if kind == FileType::Directory || stat.st_nlink <= 1 || linked.insert(id(&stat)) {
                     usage.bytes = usage.bytes.saturating_add(stat.st_blocks as u64 * 512);
@@ -456,6 +463,11 @@ mod tests {
         assert_eq!(deep.entries, 101 + 3000 * 2 + 1);
         let data = rustix::fs::fstat(&file).unwrap().st_blocks as u64 * 512;
         assert!(deep.bytes >= linked.bytes + data, "{deep:?}");
+        assert_eq!(
+            deep.largest_file,
+            1 << 30,
+            "the sparse file's apparent size"
+        );
         assert!(root.metadata().unwrap().blocks() > 0);
         // The entry limit stops it and says so.
         let cut = disk_usage(&root, 50).unwrap();
@@ -466,7 +478,8 @@ mod tests {
             Usage {
                 bytes: 0,
                 entries: 0,
-                complete: true
+                complete: true,
+                largest_file: 0,
             }
         );
     }
