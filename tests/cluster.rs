@@ -5,7 +5,8 @@
 //! comes back byte for byte from another; Python state holds while calls hop between nodes
 //! (they are forwarded to the node with the kernel, streams too); the owner killed with
 //! SIGKILL costs its kernel and no file; a programmatic run's continuation and
-//! cancellation reach the node that holds it, and one whose node died is told so; 3 x 20 sessions at once mix nothing; Redis and
+//! cancellation, and an MCP session's requests, reach the node that holds them, and a
+//! continuation whose node died is told so; 3 x 20 sessions at once mix nothing; Redis and
 //! SeaweedFS restarted mid-run give 503s with a sentence, then recovery, and lose nothing
 //! acknowledged.
 
@@ -33,6 +34,8 @@ fn node_env(parts: &SharedParts, ns: &Netns) -> Vec<(String, String)> {
         ("S3_SECRET_ACCESS_KEY", S3_SECRET.to_owned()),
         ("NODE_URL", format!("http://{}:8000", ns.ip)),
         ("NODE_LEASE_SECONDS", LEASE_SECONDS.to_owned()),
+        // Clients reach each node by its own address: every node answers MCP for all of them.
+        ("MCP_ALLOWED_HOSTS", "*".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -95,6 +98,7 @@ async fn scenario(net: &Network, parts: &SharedParts) {
     upload_run_download_on_three_nodes(&nodes).await;
     let sid = python_state_across_nodes(&nodes).await;
     programmatic_across_nodes(&nodes).await;
+    mcp_session_across_nodes(&nodes).await;
     sessions_at_once(&nodes).await;
     let suspended = program_waiting_for_tools(&nodes[0], "await add(a=1, b=2)").await;
     owner_killed(&mut nodes, &sid).await;
@@ -292,6 +296,69 @@ async fn programmatic_across_nodes(nodes: &[TestServer; 3]) {
             || (status == StatusCode::NOT_FOUND
                 && after["error"] == "Execution not found or expired"),
         "{status} {after}"
+    );
+}
+
+fn mcp(node: &TestServer, session: Option<&str>, body: Value) -> reqwest::RequestBuilder {
+    let mut req = node
+        .client
+        .post(node.url("/mcp"))
+        .header("x-api-key", KEY_A)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&body);
+    if let Some(id) = session {
+        req = req.header("mcp-session-id", id);
+    }
+    req
+}
+
+/// An MCP session opened on node 1 answers through node 2 and node 3 (forwarded to node
+/// 1, a run's answer streamed back), and is ended through node 2.
+async fn mcp_session_across_nodes(nodes: &[TestServer; 3]) {
+    let init = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "cluster-test", "version": "1"}}
+    });
+    let opened = mcp(&nodes[0], None, init).send().await.unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
+    let id = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = opened.text().await.unwrap();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = mcp(&nodes[1], Some(&id), initialized).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let r = mcp(&nodes[2], Some(&id), list.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("execute_code"), "{text}");
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "execute_code", "arguments": {"language": "bash", "code": "echo via-node-2"}}});
+    let r = mcp(&nodes[1], Some(&id), call).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("via-node-2"), "{text}");
+    let ended = nodes[1]
+        .client
+        .delete(nodes[1].url("/mcp"))
+        .header("x-api-key", KEY_A)
+        .header("mcp-session-id", &id)
+        .send()
+        .await
+        .unwrap();
+    assert!(ended.status().is_success(), "{}", ended.status());
+    let r = mcp(&nodes[0], Some(&id), list).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "the session was ended on node 1"
     );
 }
 

@@ -7,17 +7,21 @@
 //! A node that does not answer at all is waited for until its lease ends (then the same);
 //! past the lease, the client gets a 503 with a sentence. A forwarded call carries
 //! [`FORWARDED_BY`] and is never forwarded again, so two nodes that disagree cannot bounce
-//! a call between them.
+//! a call between them. The same goes for a programmatic run's continuation and an MCP
+//! session over HTTP, which live in the memory of the node that started them.
 
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::Response;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use crate::session::Tenant;
 use crate::store::Placement;
 
 /// Set on a forwarded call: the id of the node that forwarded it.
@@ -167,11 +171,96 @@ where
     }
 }
 
+/// `Mcp-Session-Id`: the MCP session (streamable HTTP) a request belongs to.
+const MCP_SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
+
+/// What the MCP middleware needs: the server's state and which sessions this node opened.
+#[derive(Clone)]
+pub struct McpSessions {
+    pub state: AppState,
+    pub owners: crate::mcp::SessionOwners,
+}
+
+/// Several nodes: an MCP request whose `Mcp-Session-Id` another live node opened goes to
+/// that node, its answer (an SSE stream too) streamed back; a session this node opens or
+/// uses is recorded as this node's for as long as an idle session lasts. A session whose
+/// node is gone is answered here, as an unknown one (the client opens a new session).
+pub async fn mcp_sessions(
+    State(sessions): State<McpSessions>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let state = &sessions.state;
+    let tenant = request.extensions().get::<Tenant>().cloned();
+    let (Some(_), Some(tenant)) = (state.forwarder.as_deref(), tenant) else {
+        return next.run(request).await;
+    };
+    let session = request
+        .headers()
+        .get(&MCP_SESSION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = session.as_deref()
+        && !sessions.owners.knows(id)
+    {
+        let key = format!("mcp:{id}");
+        let (parts, body) = request.into_parts();
+        let limit = (state.settings.max_code_bytes as usize).saturating_mul(2) + 1024 * 1024;
+        let Ok(body) = axum::body::to_bytes(body, limit).await else {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "The MCP request body is too large or could not be read.",
+            )
+            .into_response();
+        };
+        let placement = || async {
+            let placed = state.store.program_placement(&tenant, &key).await?;
+            Ok(placed.unwrap_or(Placement::Here))
+        };
+        let sent = to_holder(
+            state,
+            "this MCP session",
+            placement,
+            parts.method.clone(),
+            &parts.uri,
+            &parts.headers,
+            body.clone(),
+        )
+        .await;
+        return match sent {
+            Ok(Sent::Answer(answer)) => answer,
+            Ok(Sent::Here | Sent::Gone) => {
+                next.run(Request::from_parts(parts, Body::from(body))).await
+            }
+            Err(err) => err.into_response(),
+        };
+    }
+    let response = next.run(request).await;
+    let opened = response
+        .headers()
+        .get(&MCP_SESSION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = opened.or(session)
+        && response.status().is_success()
+    {
+        let keep = Duration::from_secs(state.settings.session_ttl_seconds.max(1));
+        if let Err(err) = state
+            .store
+            .hold_program(&tenant, &format!("mcp:{id}"), keep)
+            .await
+        {
+            tracing::warn!(error = %err, "which node holds an MCP session could not be recorded");
+        }
+    }
+    response
+}
+
 /// Headers that belong to one connection, not to the call.
 fn hop_by_hop(name: &HeaderName) -> bool {
     [
         header::CONNECTION,
-        header::HOST,
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
         header::TE,

@@ -100,6 +100,13 @@ fn protected_routes(state: &AppState) -> Router<AppState> {
     ));
     let mcp = ServiceBuilder::new()
         .layer(middleware::from_fn_with_state(
+            forward::McpSessions {
+                state: state.clone(),
+                owners: owners.clone(),
+            },
+            forward::mcp_sessions,
+        ))
+        .layer(middleware::from_fn_with_state(
             owners,
             crate::mcp::bind_sessions,
         ))

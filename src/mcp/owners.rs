@@ -51,6 +51,11 @@ impl SessionOwners {
         }
     }
 
+    /// Whether this node opened the live session `id`.
+    pub fn knows(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
     fn bind(&self, id: String, tenant: Tenant) {
         let mut owners = self.lock();
         let keep = self.keep;
