@@ -38,9 +38,20 @@ dev: bootstrap build-debug ## Debug build, served with debug logs and request lo
 
 test: bootstrap check-rust ## Every test: cargo, MCP, Schemathesis, LibreChat, browser, benchmark smoke, smoke scripts, README, image, Helm chart
 	$(CARGO) test --locked
-	# The file API and every language's runs again, against Redis + S3 (STORE=shared);
-	# tests/shared_store.rs and tests/cluster.rs (three nodes) ran above.
-	CODE_INTERPRETER_TEST_STORE=shared $(CARGO) test --locked --test files_api --test exec_api
+	# Again against Redis + S3 (STORE=shared): the file API, every language's runs, the HTTP
+	# shapes, LibreChat's calls and notebooks whole, and the store's part of the Python,
+	# programmatic, cancellation and stream suites (docs/several-machines.md#tests says why
+	# the rest runs on the local store only); tests/shared_store.rs and tests/cluster.rs
+	# (three nodes) ran above.
+	CODE_INTERPRETER_TEST_STORE=shared $(CARGO) test --locked --test files_api --test exec_api \
+		--test http_api --test librechat_api --test notebook_api
+	CODE_INTERPRETER_TEST_STORE=shared $(CARGO) test --locked --test python_api \
+		--test programmatic --test cancellation --test stream_api -- \
+		state_persists sees_its_uploads args_files_sqlite matplotlib_plot figure_saved \
+		after_a_server_restart idle_kernels_are_shut_down_and_files_stay \
+		a_python_program_is_suspended a_bash_program_calls_tools \
+		a_run_never_continued_frees_its_slot deleting_a_session_stops_its_run_first \
+		expiry_never_deletes_a_session_under_its_run rich_outputs_and_errors
 	deploy/helm/check
 	tests/mcp/run.sh -q
 	CODE_INTERPRETER_BIN=$(DEBUG_BIN) tests/schemathesis/run.sh

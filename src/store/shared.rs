@@ -1006,7 +1006,13 @@ impl Store for SharedStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_error)?;
-        Ok(fields.and_then(|f| parse_session(id.to_owned(), f)))
+        let session = fields.and_then(|f| parse_session(id.to_owned(), f));
+        if session.is_some() {
+            // The cache's expiry follows its own clock of use: a session in use here (a run
+            // longer than the TTL marks it used as it goes) is not let go under its run.
+            self.cache.session(tenant, id).await?;
+        }
+        Ok(session)
     }
 
     async fn latest_session_for(
