@@ -506,3 +506,36 @@ async fn a_tenants_run_share_counts_across_nodes_and_a_killed_node_gives_its_bac
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn queued_runs_of_one_tenant_on_two_nodes_take_turns_in_its_share() {
+    let cluster = cluster_name("turns");
+    let parts = SharedParts::get();
+    let mut env = parts.env(&cluster);
+    env.push(("MAX_CONCURRENT_RUNS_PER_TENANT".into(), "1".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (n1, n2) = tokio::join!(TestServer::start(&env), TestServer::start(&env));
+    // Each run says when it started and ended (the nodes share this machine's clock).
+    let code = "date +%s%N; sleep 0.5; date +%s%N";
+    let runs = (0..6).map(|i| {
+        let node = if i % 2 == 0 { &n1 } else { &n2 };
+        exec(node, KEY_A, json!({"lang": "bash", "code": code}))
+    });
+    let mut spans: Vec<(u128, u128)> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let out = body["stdout"].as_str().unwrap();
+            let mut times = out.lines().map(|l| l.parse::<u128>().unwrap());
+            (times.next().unwrap(), times.next().unwrap())
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two runs of a tenant with a share of one ran at once: {spans:?}"
+        );
+    }
+}
