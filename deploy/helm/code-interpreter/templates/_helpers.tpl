@@ -25,3 +25,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "code-interpreter.keySecret" -}}
 {{- default (printf "%s-api-keys" (include "code-interpreter.fullname" .)) .Values.existingApiKeySecret -}}
 {{- end -}}
+
+{{- define "code-interpreter.mcpHosts" -}}
+{{- $name := include "code-interpreter.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $hosts := list "localhost" "127.0.0.1" $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) -}}
+{{- concat $hosts .Values.mcpAllowedHosts | join "," -}}
+{{- end -}}
