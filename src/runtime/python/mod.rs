@@ -600,10 +600,14 @@ impl PythonRuntime {
         let mut cap = OutputCap::new(self.settings.max_output_bytes);
         // `sys.exit(n)` in a cell surfaces as a SystemExit error: n is the exit code.
         let system_exit = Arc::new(Mutex::new(None::<i32>));
+        // Cancelled at the output cap: the cell is interrupted like a cancelled one, and its
+        // kernel killed if the interrupt does not end it within the grace period (a kernel
+        // interrupted inside its own output machinery may never answer).
+        let cut = cancel.child_token();
         let forward = {
             let events = events.clone();
-            let live = Arc::clone(&live);
             let system_exit = Arc::clone(&system_exit);
+            let cut = cut.clone();
             async move {
                 while let Some(ev) = krx.recv().await {
                     let event = match ev {
@@ -620,7 +624,7 @@ impl PythonRuntime {
                             text.truncate(admitted.take);
                             if let Some(marker) = admitted.cut {
                                 text.push_str(&marker);
-                                let _ = live.kernel.interrupt().await;
+                                cut.cancel();
                             }
                             stream.event(Bytes::from(text))
                         }
@@ -646,10 +650,7 @@ impl PythonRuntime {
             }
         };
         let run = async {
-            let end = live
-                .kernel
-                .execute(code, false, deadline, cancel, &ktx)
-                .await;
+            let end = live.kernel.execute(code, false, deadline, &cut, &ktx).await;
             drop(ktx);
             end
         };
@@ -667,6 +668,11 @@ impl PythonRuntime {
                 RunStatus::Killed,
                 limit(Stop::Cancelled, Aftermath::Interrupted),
                 (end == CellEnd::Killed).then_some("the kernel was restarted after a cancelled cell ignored its interrupt"),
+            ),
+            (CellEnd::Killed, Some(stop)) => (
+                stop.status(),
+                limit(stop, Aftermath::KernelLost),
+                Some("the kernel was restarted after a cell past the output limit ignored its interrupt"),
             ),
             (_, Some(stop)) => (stop.status(), limit(stop, Aftermath::Interrupted), None),
             (CellEnd::Finished { ok }, None) => (if ok { RunStatus::Success } else { RunStatus::Error }, None, None),
