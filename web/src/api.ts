@@ -41,6 +41,7 @@ export interface RunInfo {
 
 export interface DoneFrame extends Frame {
   session_id: string;
+  language?: string;
   run: RunInfo;
   files: FileRef[];
   runtime_status?: string;
@@ -58,6 +59,8 @@ export interface FileObject {
 export interface Health {
   version: string;
   runtimes: Record<string, string>;
+  /** Each language's probe: `available`, `unavailable` or `pending` (right after start). */
+  readiness?: { runtimes?: Record<string, string> };
   sandbox: {
     mode: string;
     network: boolean;

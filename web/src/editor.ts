@@ -16,6 +16,10 @@ import {
   StreamLanguage,
   syntaxHighlighting,
 } from '@codemirror/language';
+import { clike } from '@codemirror/legacy-modes/mode/clike';
+import { d } from '@codemirror/legacy-modes/mode/d';
+import { fortran } from '@codemirror/legacy-modes/mode/fortran';
+import { r } from '@codemirror/legacy-modes/mode/r';
 import { shell } from '@codemirror/legacy-modes/mode/shell';
 import { Compartment, EditorState, type Extension } from '@codemirror/state';
 import {
@@ -40,6 +44,35 @@ const highlight = HighlightStyle.define([
   { tag: t.invalid, color: 'var(--tok-invalid)' },
 ]);
 
+const words = (list: string) => Object.fromEntries(list.split(' ').map((w) => [w, true]));
+
+/** PHP as the C-like tokenizer sees it, plus `$variables` and `#` comments (no npm
+ * package of the lock file has a PHP mode short of a full HTML-embedding grammar). */
+const php = clike({
+  name: 'php',
+  keywords: words(
+    'abstract and as break case catch class clone const continue declare default do echo else elseif ' +
+      'enddeclare endfor endforeach endif endswitch endwhile enum extends final finally fn for foreach ' +
+      'function global goto if implements include include_once instanceof insteadof interface match ' +
+      'namespace new or print private protected public readonly require require_once return static ' +
+      'switch throw trait try use var while xor yield',
+  ),
+  types: words('array bool callable float int iterable mixed never object self string void'),
+  atoms: words('true false null TRUE FALSE NULL __CLASS__ __DIR__ __FILE__ __FUNCTION__ __LINE__'),
+  builtin: words('isset unset empty list die exit eval array_map count strlen printf sprintf var_dump'),
+  multiLineStrings: true,
+  hooks: {
+    $: (stream: { eatWhile(re: RegExp): boolean }) => {
+      stream.eatWhile(/[\w$]/);
+      return 'variableName.special';
+    },
+    '#': (stream: { skipToEnd(): void }) => {
+      stream.skipToEnd();
+      return 'comment';
+    },
+  },
+});
+
 function languageSupport(lang: string): Extension {
   switch (lang) {
     case 'python':
@@ -60,6 +93,14 @@ function languageSupport(lang: string): Extension {
       return rust();
     case 'java':
       return java();
+    case 'd':
+      return StreamLanguage.define(d);
+    case 'fortran':
+      return StreamLanguage.define(fortran);
+    case 'r':
+      return StreamLanguage.define(r);
+    case 'php':
+      return StreamLanguage.define(php);
     default:
       return [];
   }
@@ -70,6 +111,8 @@ export interface EditorHooks {
   runAndAdvance: () => void;
   /** Ctrl+Enter (or Cmd+Enter): run this cell and stay. */
   run: () => void;
+  /** The text changed. */
+  changed: () => void;
 }
 
 export class CodeEditor {
@@ -100,6 +143,9 @@ export class CodeEditor {
           keys,
           this.language.of(languageSupport(lang)),
           EditorView.contentAttributes.of({ 'aria-label': label }),
+          EditorView.updateListener.of((update) => {
+            if (update.docChanged) hooks.changed();
+          }),
         ],
       }),
     });

@@ -40,7 +40,7 @@ class Playground {
     this.bindKeyDialog();
     $('run-all').addEventListener('click', () => void this.notebook.runAll());
     $('add-cell').addEventListener('click', () => this.notebook.add().editor.focus());
-    this.notebook.add(WELCOME, 'python');
+    if (!this.notebook.restore()) this.notebook.add(WELCOME, 'python');
     this.showSession();
   }
 
@@ -48,6 +48,9 @@ class Playground {
     const [root, health] = await Promise.all([this.api.root(), this.api.health()]);
     $('version').textContent = `v${root.version}`;
     this.showHealth(health);
+    void this.followProbes(health);
+    // The key setting is there only when the server needs one (or refused one: askForKey).
+    $('settings-button').hidden = !root.auth_required;
     if (root.auth_required && !this.api.key) {
       this.askForKey(false);
       return;
@@ -64,6 +67,21 @@ class Playground {
     } catch (err) {
       if (err instanceof ApiError && err.status === 404) this.adopt(null);
       else this.report(err);
+    }
+  }
+
+  /** Right after the server starts, languages appear in /health as their probes end: ask
+   * again until none is pending, so the picker ends up with every one. */
+  private async followProbes(health: Health) {
+    const pending = (h: Health) => Object.values(h.readiness?.runtimes ?? {}).includes('pending');
+    for (let tries = 0; pending(health) && tries < 60; tries++) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      try {
+        health = await this.api.health();
+      } catch {
+        continue;
+      }
+      this.showHealth(health);
     }
   }
 
@@ -119,12 +137,17 @@ class Playground {
   }
 
   private runEnded(done: DoneFrame | null) {
-    if (done) {
+    // Only Python keeps state between runs: its runs say whether the kernel did.
+    if (done && done.language === 'python') {
       const stderr = String((done as { stderr?: string }).stderr ?? '');
       this.restarted = stderr.includes('[kernel] The previous Python state');
       const status = $('runtime-status');
       status.hidden = !done.runtime_status;
       status.textContent = done.runtime_status ? `kernel ${done.runtime_status}` : '';
+      status.title =
+        done.runtime_status === 'reused'
+          ? 'The last Python run continued the kernel, with its variables and imports'
+          : 'The last Python run started on a fresh kernel: only the files were there';
     }
     this.showState();
     void this.files.refresh();
@@ -196,6 +219,7 @@ class Playground {
   }
 
   private askForKey(refused: boolean) {
+    $('settings-button').hidden = false;
     const dialog = $<HTMLDialogElement>('key-dialog');
     const input = $<HTMLInputElement>('key-input');
     $('key-reason').textContent = refused

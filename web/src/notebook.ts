@@ -4,6 +4,7 @@
 import { type Api, type DoneFrame, type FileRef, type Frame } from './api';
 import { CodeEditor } from './editor';
 import { bytes, el, millis, saveBlob } from './format';
+import { Terminal } from './terminal';
 
 /** What cells need from the rest of the page. */
 export interface NotebookHost {
@@ -18,6 +19,8 @@ export interface NotebookHost {
 }
 
 const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/svg+xml'];
+/** The cells' code and languages, kept per tab so a reload does not lose them. */
+const CELLS_STORAGE = 'code-interpreter.cells';
 
 let nextCellNumber = 1;
 
@@ -30,6 +33,10 @@ export class Cell {
   private readonly prompt: HTMLElement;
   private readonly runButton: HTMLButtonElement;
   private lastStream: { name: string; node: HTMLElement } | null = null;
+  /** One terminal per stream name, so colours carry over when stdout and stderr alternate. */
+  private terminals = new Map<string, Terminal>();
+  /** Asked to run and not finished yet (waiting in the queue or running). */
+  queued = false;
   running = false;
 
   constructor(
@@ -69,8 +76,12 @@ export class Cell {
         this.notebook.focusAfter(this);
       },
       run: () => void this.notebook.run(this),
+      changed: () => this.notebook.save(),
     });
-    this.language.addEventListener('change', () => this.editor.setLanguage(this.language.value));
+    this.language.addEventListener('change', () => {
+      this.editor.setLanguage(this.language.value);
+      this.notebook.save();
+    });
     this.runButton.addEventListener('click', () => void this.notebook.run(this));
     remove.addEventListener('click', () => this.notebook.remove(this));
   }
@@ -89,8 +100,15 @@ export class Cell {
     this.output.replaceChildren();
     this.footer.replaceChildren();
     this.lastStream = null;
+    this.terminals.clear();
     this.prompt.textContent = '[ ]';
     this.root.dataset.status = '';
+  }
+
+  /** Waiting for the cells before it. */
+  markQueued() {
+    this.prompt.textContent = '[*]';
+    this.root.dataset.status = 'queued';
   }
 
   /** Run through /exec/stream, showing each frame as it arrives. */
@@ -139,16 +157,7 @@ export class Cell {
         this.rich(frame.data as Record<string, unknown>, frame.file as FileRef | null);
         break;
       case 'error':
-        this.lastStream?.node.classList.add('traceback');
-        this.output.append(
-          el(
-            'p',
-            { class: 'exception' },
-            el('strong', {}, String(frame.ename)),
-            frame.evalue ? `: ${String(frame.evalue)}` : '',
-          ),
-        );
-        this.lastStream = null;
+        this.error(frame);
         break;
       case 'done':
         this.finish(frame as DoneFrame);
@@ -157,13 +166,46 @@ export class Cell {
   }
 
   private text(name: string, text: string) {
+    let terminal = this.terminals.get(name);
+    if (!terminal) {
+      terminal = new Terminal();
+      this.terminals.set(name, terminal);
+    }
     if (this.lastStream?.name !== name) {
       const node = el('pre', { class: `stream ${name}`, 'data-stream': name });
       if (name === 'stderr') node.setAttribute('aria-label', 'standard error');
       this.output.append(node);
       this.lastStream = { name, node };
+      terminal.attach(node);
     }
-    this.lastStream.node.append(text);
+    terminal.write(text);
+  }
+
+  /** A Python exception: the server has already sent its traceback (plain text, without
+   * colours) on stderr, which is marked as such; otherwise it is shown here. Then a
+   * one-line summary. */
+  private error(frame: Frame) {
+    const lines = Array.isArray(frame.traceback) ? frame.traceback.map(String) : [];
+    const tail = lines.filter((l) => l.trim() !== '').pop() ?? '';
+    const stderr = this.lastStream?.name === 'stderr' ? this.lastStream.node : null;
+    if (stderr && (tail === '' || (stderr.textContent ?? '').includes(tail))) {
+      stderr.classList.add('traceback');
+    } else if (tail !== '') {
+      const node = el('pre', { class: 'stream stderr traceback', 'data-stream': 'traceback', 'aria-label': 'traceback' });
+      const terminal = new Terminal();
+      terminal.attach(node);
+      terminal.write(`${lines.join('\n')}\n`);
+      this.output.append(node);
+    }
+    this.output.append(
+      el(
+        'p',
+        { class: 'exception' },
+        el('strong', {}, String(frame.ename)),
+        frame.evalue ? `: ${String(frame.evalue)}` : '',
+      ),
+    );
+    this.lastStream = null;
   }
 
   /** Images inline (as <img>, so nothing a cell displays can run script); text is in stdout. */
@@ -181,6 +223,7 @@ export class Cell {
   }
 
   private finish(done: DoneFrame) {
+    for (const terminal of this.terminals.values()) terminal.end();
     const run = done.run;
     this.root.dataset.status = run.status;
     const parts: (Node | string)[] = [
@@ -226,7 +269,32 @@ export class Notebook {
     const next = this.cells[index + 1];
     if (next) this.container.insertBefore(cell.root, next.root);
     else this.container.append(cell.root);
+    this.save();
     return cell;
+  }
+
+  /** The cells this tab had before a reload; false when there were none. */
+  restore(): boolean {
+    let saved: unknown;
+    try {
+      saved = JSON.parse(sessionStorage.getItem(CELLS_STORAGE) ?? 'null');
+    } catch {
+      saved = null;
+    }
+    if (!Array.isArray(saved) || saved.length === 0) return false;
+    for (const c of saved) {
+      if (c && typeof c.code === 'string' && typeof c.lang === 'string') this.add(c.code, c.lang);
+    }
+    return this.cells.length > 0;
+  }
+
+  save() {
+    const cells = this.cells.map((c) => ({ code: c.editor.text, lang: c.lang }));
+    try {
+      sessionStorage.setItem(CELLS_STORAGE, JSON.stringify(cells));
+    } catch {
+      // Storage full or disabled: the cells just do not survive a reload.
+    }
   }
 
   private defaultLanguage(): string {
@@ -235,10 +303,11 @@ export class Notebook {
   }
 
   remove(cell: Cell) {
-    if (cell.running) return;
+    if (cell.queued) return;
     const index = this.cells.indexOf(cell);
     this.cells.splice(index, 1);
     cell.root.remove();
+    this.save();
     (this.cells[index] ?? this.cells[index - 1])?.editor.focus();
   }
 
@@ -253,8 +322,16 @@ export class Notebook {
     return this.pending > 0;
   }
 
-  /** Queue a cell's run behind the ones already asked for. */
+  /** Queue a cell's run behind the ones already asked for. A cell already waiting or
+   * running is not queued twice (a double Shift+Enter runs it once); an empty one is skipped. */
   run(cell: Cell): Promise<unknown> {
+    if (cell.queued) return Promise.resolve();
+    if (cell.editor.text.trim() === '') {
+      cell.clear();
+      return Promise.resolve();
+    }
+    cell.queued = true;
+    cell.markQueued();
     this.pending += 1;
     this.host.runStarted();
     const turn = this.queue.then(async () => {
@@ -262,6 +339,7 @@ export class Notebook {
       try {
         done = await cell.execute(++this.count);
       } finally {
+        cell.queued = false;
         this.pending -= 1;
         this.host.runEnded(done);
       }

@@ -3,6 +3,7 @@
 // the steps run in order, as a person would use the page.
 
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -49,16 +50,19 @@ before(async () => {
   });
   page = context.pages()[0] ?? (await context.newPage());
   page.setDefaultTimeout(WAIT);
+  servers.add(server.root);
   // Nothing may be fetched from anywhere but the server.
   await context.route('**/*', (route) => {
     const url = new URL(route.request().url());
-    if (url.origin === server.root || url.protocol === 'data:' || url.protocol === 'blob:') return route.continue();
+    if (servers.has(url.origin) || url.protocol === 'data:' || url.protocol === 'blob:') return route.continue();
     offsite.push(url.href);
     return route.abort();
   });
 });
 
 const offsite = [];
+/** The origins the page may load from: the servers these tests started. */
+const servers = new Set();
 
 after(async () => {
   await context?.close();
@@ -92,11 +96,13 @@ function cell(n) {
   };
 }
 
+/** A new last cell, in Python unless `lang` says otherwise. */
 async function addCell(code, lang) {
   await page.getByRole('button', { name: 'Add cell' }).click();
   const n = await page.locator('article.cell').count();
   const c = cell(n);
-  if (lang) await c.root.getByLabel('Language').selectOption(lang);
+  // A new cell takes the language of the one above: say which one.
+  await c.root.getByLabel('Language').selectOption(lang ?? 'python');
   await c.type(code);
   return c;
 }
@@ -108,16 +114,34 @@ test('the page asks for the key the server needs, then works with it', async () 
   const dialog = page.getByRole('dialog', { name: 'API key' });
   await dialog.waitFor();
   await shot('01-key-prompt');
-  await dialog.getByLabel(/^Key/).fill(server.apiKey);
-  await dialog.getByRole('button', { name: 'Save' }).click();
+  // The key field has the focus: typing and Enter are enough.
+  await page.keyboard.type(server.apiKey);
+  await page.keyboard.press('Enter');
   await dialog.waitFor({ state: 'hidden' });
   assert.equal(await page.evaluate(() => localStorage.getItem('code-interpreter.api-key')), server.apiKey);
+  assert.equal(await page.getByRole('button', { name: 'API key' }).isVisible(), true);
   assert.ok(!page.url().includes(server.apiKey), 'the key is never in the URL');
-  // Every runtime /health reports is offered.
-  const health = await (await fetch(server.root + '/health')).json();
+  // Every runtime /health reports is offered, also those whose probe ended after the page loaded.
+  let health;
+  for (;;) {
+    health = await (await fetch(server.root + '/health')).json();
+    if (!Object.values(health.readiness.runtimes).includes('pending')) break;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  await page.waitForFunction(
+    (n) => document.querySelector('article.cell select').options.length === n,
+    Object.keys(health.runtimes).length,
+  );
   const offered = await cell(1).root.getByLabel('Language').locator('option').allTextContents();
   assert.deepEqual([...offered].sort(), Object.keys(health.runtimes).sort());
   await page.locator('#sandbox').getByText(/Sandbox: bwrap/).waitFor();
+  // The limits /health reports are on the sandbox line.
+  const sandbox = await page.locator('#sandbox').innerText();
+  const limits = health.sandbox.limits;
+  assert.match(sandbox, health.sandbox.network ? /network allowed/ : /no network/);
+  assert.match(sandbox, new RegExp(`${limits.timeout_seconds} s per run`));
+  assert.match(sandbox, /memory [\d.]+ [KMG]iB|memory no limit/);
+  assert.match(sandbox, /output [\d.]+ [KMG]iB per stream/);
 });
 
 test('the first load is small and comes only from the server', async () => {
@@ -227,7 +251,58 @@ test('a bash cell runs in the same session and sees its files', async () => {
   assert.equal(await c.waitDone(), 'success');
   assert.equal(await c.output.locator('pre.stdout').textContent(), 'bash 42\nfigure-1.png\n');
   assert.equal(await c.output.locator('pre.stderr').textContent(), 'oops\n');
+
+  // Colours are rendered, not shown as escape codes; "\r" rewrites the line; the exit status shows.
+  const colours = await addCell(
+    "printf '\\033[1;31mred\\033[0m plain \\033[38;5;33mblue\\033[0m\\n'\nprintf 'step 1\\rstep 2\\n'\nexit 3",
+    'bash',
+  );
+  await colours.run();
+  assert.equal(await colours.waitDone(), 'error');
+  const out = colours.output.locator('pre.stdout');
+  assert.equal(await out.textContent(), 'red plain blue\nstep 2\n');
+  assert.equal(await out.locator('span.ansi-fg-1.ansi-bold').textContent(), 'red');
+  assert.match(await out.getByText('blue').getAttribute('style'), /color/);
+  assert.match(await colours.footer.innerText(), /exit 3/);
   await shot('07-bash', true);
+});
+
+/** A few lines per language with a keyword, a string and a comment. */
+const SAMPLES = {
+  python: 'def f():\n    return "s"  # note',
+  bash: 'if true; then echo "s"; fi  # note',
+  sh: 'if true; then echo "s"; fi  # note',
+  javascript: 'function f() { return "s"; } // note',
+  typescript: 'function f(): string { return "s"; } // note',
+  go: 'func f() string { return "s" } // note',
+  c: 'int f(void) { return "s"[0]; } /* note */',
+  cpp: 'int f() { return "s"[0]; } // note',
+  rust: 'fn f() -> &\'static str { "s" } // note',
+  java: 'class A { String f() { return "s"; } } // note',
+  d: 'string f() { return "s"; } // note',
+  fortran: 'program p\n  print *, "s" ! note\nend program p',
+  r: 'f <- function(x) { "s" } # note',
+  php: '<?php\nfunction f() { return "s"; } // note\n$x = 1;',
+};
+
+test('every language the server runs is highlighted, with line numbers', async () => {
+  const health = await (await fetch(server.root + '/health')).json();
+  const c = await addCell('');
+  const picker = c.root.getByLabel('Language');
+  const plainText = await c.root.locator('.cm-content').evaluate((el) => getComputedStyle(el).color);
+  const missing = [];
+  for (const lang of Object.keys(health.runtimes)) {
+    await picker.selectOption(lang);
+    await c.type(SAMPLES[lang] ?? 'if "s" # note');
+    const colours = await c.root.locator('.cm-line span').evaluateAll((spans) => [
+      ...new Set(spans.map((s) => getComputedStyle(s).color)),
+    ]);
+    if (colours.filter((colour) => colour !== plainText).length < 2) missing.push(`${lang}: ${colours.join(', ')}`);
+    const numbers = await c.root.locator('.cm-lineNumbers .cm-gutterElement').allTextContents();
+    assert.ok(numbers.includes('1'), `${lang}: line numbers ${numbers}`);
+  }
+  assert.deepEqual(missing, [], 'languages without at least two token colours');
+  await c.root.getByRole('button', { name: /^Delete cell/ }).click();
 });
 
 test('every control has a name and the keyboard moves through the page', async () => {
@@ -277,6 +352,131 @@ print(json.dumps({"cells": len(nb.cells), "kinds": kinds, "images": images}))`,
   assert.deepEqual(nb.kinds, ['display_data', 'error', 'execute_result', 'stream'], summary);
 });
 
+test('file names, output and tracebacks are shown as text, never as HTML', async () => {
+  const hostile = '<img src=x onerror="window.__xss=1">.txt';
+  await page.locator('#file-input').setInputFiles({ name: hostile, mimeType: 'text/plain', buffer: Buffer.from('hi') });
+  const row = page.locator('#file-list tr').filter({ hasText: 'onerror' });
+  await row.waitFor();
+  const c = await addCell(
+    'html = \'<b id="injected">bold</b><script>window.__xss=2</script>\'\n' +
+      'print(html)\n' +
+      'open(\'<svg onload="window.__xss=3">.txt\', "w").write(html)\n' +
+      'raise ValueError(html)',
+  );
+  await c.run();
+  assert.equal(await c.waitDone(), 'error');
+  const html = '<b id="injected">bold</b><script>window.__xss=2</script>';
+  assert.equal(await c.output.locator('pre.stdout').textContent(), `${html}\n`);
+  assert.match(await c.output.locator('pre.traceback').textContent(), /ValueError/);
+  assert.match(await c.output.locator('.exception').textContent(), /ValueError: <b id="injected">/);
+  const link = c.footer.getByRole('button', { name: '<svg onload="window.__xss=3">.txt' });
+  await link.waitFor();
+  const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
+  const saved = path.join(downloads, 'hostile.txt');
+  await download.saveAs(saved);
+  assert.equal(fs.readFileSync(saved, 'utf8'), html);
+  assert.equal(await page.locator('#injected, .output script, #file-list img, .cell-footer svg').count(), 0);
+  assert.equal(await page.evaluate(() => window.__xss), undefined);
+  await shot('11-text-not-html', true);
+});
+
+test('a very long output (100 000 lines, past the server cap) renders and the page keeps working', async () => {
+  const c = await addCell('for i in range(100_000):\n    print("line", i)');
+  await c.run();
+  await c.waitDone();
+  const out = c.output.locator('pre.stdout');
+  const text = await out.textContent();
+  assert.ok(text.startsWith('line 0\nline 1\n'), text.slice(0, 40));
+  assert.ok(text.length <= 1.1 * server.health.sandbox.limits.max_output_bytes + 1024, `${text.length} chars`);
+  // The block scrolls on its own; the page still answers and runs the next cell.
+  assert.equal(await out.evaluate((el) => el.scrollHeight > el.clientHeight), true);
+  const next = await addCell('print("still here")');
+  await next.run();
+  assert.equal(await next.waitDone(), 'success');
+  assert.equal(await next.output.locator('pre.stdout').textContent(), 'still here\n');
+  await shot('12-long-output');
+  await c.root.getByRole('button', { name: /^Delete cell/ }).click();
+});
+
+test('two quick runs of the same cell run it once', async () => {
+  const c = await addCell('print("once")');
+  const run = c.root.getByRole('button', { name: 'Run', exact: true });
+  await run.dblclick();
+  assert.equal(await c.waitDone(), 'success');
+  assert.equal(await c.output.locator('pre.stdout').textContent(), 'once\n');
+  const prompt = await c.root.locator('.prompt').textContent();
+  const again = await addCell('print("next")');
+  await again.run();
+  await again.waitDone();
+  const number = (p) => Number(p.replace(/\D/g, ''));
+  assert.equal(number(await again.root.locator('.prompt').textContent()), number(prompt) + 1);
+});
+
+test('a file dropped on the panel is uploaded; a binary file a cell writes downloads byte for byte', async () => {
+  const dataTransfer = await page.evaluateHandle(() => {
+    const dt = new DataTransfer();
+    dt.items.add(new File(['dropped\n'], 'dropped.txt', { type: 'text/plain' }));
+    return dt;
+  });
+  await page.locator('#dropzone').dispatchEvent('dragenter', { dataTransfer });
+  assert.match(await page.locator('#dropzone').getAttribute('class'), /over/);
+  await page.locator('#dropzone').dispatchEvent('drop', { dataTransfer });
+  const row = page.locator('#file-list tr[data-name="dropped.txt"]');
+  await row.waitFor();
+  assert.match(await row.innerText(), /8 B/);
+
+  const c = await addCell(
+    'import hashlib, os\ndata = os.urandom(20 * 1024 * 1024)\nopen("blob.bin", "wb").write(data)\nprint(hashlib.sha256(data).hexdigest())',
+  );
+  await c.run();
+  assert.equal(await c.waitDone(), 'success');
+  const digest = (await c.output.locator('pre.stdout').textContent()).trim();
+  await page.locator('#file-list tr[data-name="blob.bin"]').getByText('20 MiB').waitFor();
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    c.footer.getByRole('button', { name: 'blob.bin' }).click(),
+  ]);
+  const saved = path.join(downloads, 'blob.bin');
+  await download.saveAs(saved);
+  assert.equal(createHash('sha256').update(fs.readFileSync(saved)).digest('hex'), digest);
+  fs.rmSync(saved);
+  for (const name of ['blob.bin', 'dropped.txt']) {
+    await page.locator(`#file-list tr[data-name="${name}"]`).getByRole('button', { name: `Delete ${name}` }).click();
+    await page.locator(`#file-list tr[data-name="${name}"]`).waitFor({ state: 'detached' });
+  }
+});
+
+test('a large upload shows its progress', async () => {
+  const big = path.join(downloads, 'big.bin');
+  fs.writeFileSync(big, Buffer.alloc(3 * 1024 * 1024, 7));
+  // A slow link (1 MiB/s up), so the upload takes a few seconds.
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false,
+    latency: 0,
+    downloadThroughput: -1,
+    uploadThroughput: 1024 * 1024,
+  });
+  await page.evaluate(() => {
+    window.__progress = [];
+    new MutationObserver(() => {
+      for (const p of document.querySelectorAll('#uploads progress')) window.__progress.push(Number(p.value));
+    }).observe(document.getElementById('uploads'), { subtree: true, childList: true, attributes: true, characterData: true });
+  });
+  try {
+    await page.locator('#file-input').setInputFiles(big);
+    await page.locator('#uploads progress').waitFor();
+    await page.locator('#file-list tr[data-name="big.bin"]').waitFor();
+  } finally {
+    await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+    await cdp.detach();
+  }
+  const seen = await page.evaluate(() => window.__progress);
+  assert.ok(seen.some((v) => v > 0 && v < 1), `progress values ${seen}`);
+  assert.match(await page.locator('#file-list tr[data-name="big.bin"]').innerText(), /3\.0 MiB/);
+  await page.locator('#file-list tr[data-name="big.bin"]').getByRole('button', { name: 'Delete big.bin' }).click();
+});
+
 test('the page is usable on a 390 px phone and in dark mode', async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth);
@@ -318,4 +518,79 @@ test('a new session starts empty, and the old one leaves its notebook in NOTEBOO
   assert.equal(res.status, 200);
   const written = path.join(notebooksDir, `${old}.ipynb`);
   execFileSync(NBFORMAT_PYTHON, ['-c', 'import sys, nbformat; nbformat.validate(nbformat.read(sys.argv[1], as_version=4))', written]);
+});
+
+test('a reload in the middle of a run keeps the session and the cells, and the next run works', async () => {
+  const c = await addCell('import time\nprint("sleeping", flush=True)\ntime.sleep(600)');
+  await c.run();
+  await c.output.getByText('sleeping').waitFor();
+  const sid = await page.locator('#session-id').innerText();
+  const cells = await page.locator('article.cell').count();
+  await page.reload();
+  // The tab's cells come back (code and language, not outputs) and the session is kept.
+  await page.locator('#session-id').getByText(sid).waitFor();
+  assert.equal(await page.locator('article.cell').count(), cells);
+  assert.match(await cell(cells).root.locator('.cm-content').innerText(), /time\.sleep\(600\)/);
+  assert.equal(await page.locator('#session-state').innerText(), 'idle');
+  // Leaving the page stopped the sleeping cell: the kernel takes the next one.
+  const next = cell(cells);
+  await next.type('print("after the reload")');
+  await next.run();
+  assert.equal(await next.waitDone(), 'success');
+  assert.equal(await next.output.locator('pre.stdout').textContent(), 'after the reload\n');
+});
+
+test('run all runs every cell in order; restart empties the kernel and the traceback says so', async () => {
+  await page.getByRole('button', { name: 'New session' }).click();
+  while ((await page.locator('article.cell').count()) > 0) {
+    await page.locator('article.cell').first().getByRole('button', { name: /^Delete cell/ }).click();
+  }
+  const a = await addCell('a = 1\nprint("a", a)');
+  const b = await addCell('b = a + 1\nprint("b", b)');
+  const sum = await addCell('print("sum", a + b)');
+  await page.getByRole('button', { name: 'Run all' }).click();
+  assert.equal(await sum.waitDone(), 'success');
+  assert.equal(await a.output.innerText(), 'a 1\n');
+  assert.equal(await b.output.innerText(), 'b 2\n');
+  assert.equal(await sum.output.innerText(), 'sum 3\n');
+  const prompts = await page.locator('article.cell .prompt').allTextContents();
+  assert.deepEqual(prompts, ['[1]', '[2]', '[3]']);
+  assert.equal(await page.locator('#runtime-status').innerText(), 'kernel reused');
+
+  await page.getByRole('button', { name: 'Restart kernel' }).click();
+  await page.locator('#session-state[data-state="restarted"]').waitFor();
+  await shot('13-restarted');
+  await sum.run();
+  assert.equal(await sum.waitDone(), 'error');
+  const traceback = await sum.output.locator('pre.traceback').textContent();
+  assert.match(traceback, /NameError/);
+  assert.match(traceback, /print\("sum", a \+ b\)/);
+  assert.ok(!traceback.includes('\x1b'), 'no escape codes');
+  assert.match(await sum.output.locator('.exception').innerText(), /NameError: name 'a' is not defined/);
+  assert.equal(await page.locator('#runtime-status').innerText(), 'kernel new');
+  await shot('14-traceback-after-restart');
+});
+
+test('a server without keys asks for none and hides the key setting', async () => {
+  const open = await startServer({ extraEnv: { CODE_INTERPRETER_API_KEY: '', KERNEL_POOL_SIZE: '0' } });
+  servers.add(open.root);
+  const tab = await context.newPage();
+  tab.setDefaultTimeout(WAIT);
+  try {
+    await tab.goto(open.root + '/');
+    await tab.locator('#sandbox').getByText(/Sandbox:/).waitFor();
+    assert.equal(await tab.getByRole('button', { name: 'API key' }).isVisible(), false);
+    assert.equal(await tab.getByRole('dialog').isVisible(), false);
+    const c = tab.locator('article.cell').first();
+    await c.locator('.cm-content').click();
+    await tab.keyboard.press('Control+A');
+    await tab.keyboard.insertText('echo open');
+    await c.getByLabel('Language').selectOption('bash');
+    await c.getByRole('button', { name: 'Run', exact: true }).click();
+    await c.locator('.cell-footer .badge:not(.running)').waitFor();
+    assert.equal(await c.locator('pre.stdout').textContent(), 'open\n');
+  } finally {
+    await tab.close();
+    await open.stop();
+  }
 });
