@@ -410,6 +410,19 @@ test('two quick runs of the same cell run it once', async () => {
   await again.waitDone();
   const number = (p) => Number(p.replace(/\D/g, ''));
   assert.equal(number(await again.root.locator('.prompt').textContent()), number(prompt) + 1);
+
+  // Shift+Enter twice in a row: the cell runs once, the second press lands in the new empty
+  // cell, which is not run, and moves on again.
+  const before = await page.locator('article.cell').count();
+  await again.type('print("shift")');
+  await page.keyboard.press('Shift+Enter');
+  await page.keyboard.press('Shift+Enter');
+  assert.equal(await again.waitDone(), 'success');
+  assert.equal(await again.output.locator('pre.stdout').textContent(), 'shift\n');
+  assert.equal(number(await again.root.locator('.prompt').textContent()), number(prompt) + 2);
+  assert.equal(await page.locator('article.cell').count(), before + 2);
+  assert.equal(await cell(before + 1).root.locator('.prompt').textContent(), '[ ]');
+  for (const n of [before + 2, before + 1]) await cell(n).root.getByRole('button', { name: /^Delete cell/ }).click();
 });
 
 test('a file dropped on the panel is uploaded; a binary file a cell writes downloads byte for byte', async () => {
