@@ -49,8 +49,8 @@ test: bootstrap check-rust ## Every test: cargo, MCP, Schemathesis, LibreChat, b
 		--test programmatic --test cancellation --test stream_api -- \
 		state_persists sees_its_uploads args_files_sqlite matplotlib_plot figure_saved \
 		after_a_server_restart idle_kernels_are_shut_down_and_files_stay \
-		a_python_program_is_suspended a_bash_program_calls_tools \
-		a_run_never_continued_frees_its_slot deleting_a_session_stops_its_run_first \
+		a_python_program_is_suspended a_run_never_continued_frees_its_slot \
+		deleting_a_session_stops_its_run_first \
 		expiry_never_deletes_a_session_under_its_run rich_outputs_and_errors
 	deploy/helm/check
 	tests/mcp/run.sh -q
