@@ -2137,7 +2137,8 @@ def write_reports(out_dir: Path, meta: dict, results: list[Result]) -> tuple[Pat
         "",
         f"Started {meta['started']}; benchmark {meta['bench_seconds']:.0f} s, build {meta['build_seconds']:.0f} s. "
         f"Server {meta['server'].get('version', '?')} at git {m['git']}"
-        f"{' with uncommitted changes under src/' if m['git_dirty_src'] else ''}. "
+        f"{' with uncommitted changes under src/' if m['git_dirty_src'] else ''} "
+        f"({meta.get('build', '?')} build, {meta.get('binary', '?')}). "
         f"Load average at start / end: {meta['load_start']} / {meta['load_end']}.",
         "",
         "All times are client-side milliseconds (`time.perf_counter` around the HTTP call or the "
@@ -2340,6 +2341,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "bench_seconds": round(bench_seconds, 1),
         "build_seconds": round(build_seconds, 1),
+        "binary": str(binary.relative_to(REPO) if binary.is_relative_to(REPO) else binary),
+        "build": "release" if "release" in binary.parts else "debug" if "debug" in binary.parts else "other",
         "load_start": load_start,
         "load_end": loadavg(),
         "machine": machine,
