@@ -352,6 +352,11 @@ pub struct Settings {
     #[arg(long, env = "SANDBOX_TMP_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub sandbox_tmp_mb: u64,
 
+    /// Sandbox launchers kept ready, each already in a fresh cgroup, so a run does not wait
+    /// to join one; 0 = off (every sandbox joins its groups as it starts).
+    #[arg(long, env = "SANDBOX_LAUNCHERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=64), global = true)]
+    pub sandbox_launchers: u64,
+
     /// Output kept per stream (stdout, stderr) of one run, in bytes; past it the run is stopped.
     #[arg(long, env = "MAX_OUTPUT_BYTES", default_value_t = MIB, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_output_bytes: u64,
@@ -672,6 +677,13 @@ pub fn parse_bool(value: &str) -> Result<bool, String> {
             "'{other}' is not a boolean; use true/false, 1/0, yes/no or on/off"
         )),
     }
+}
+
+/// The arguments after `crate::sandbox::LAUNCHER_ARG` when this process was started as a
+/// sandbox launcher (the server re-executes itself so); `None` for every other start.
+pub fn launcher_args() -> Option<Vec<std::ffi::OsString>> {
+    let mut args = std::env::args_os().skip(1);
+    (args.next()? == crate::sandbox::LAUNCHER_ARG).then(|| args.collect())
 }
 
 /// Parse the command line and environment. A bad value ends the process with a message that

@@ -128,6 +128,7 @@ fn start_probe(settings: &Settings) -> Result<Probe, String> {
         max_cpus: None,
         uid_base: settings.sandbox_uid_base,
         uid_count: settings.sandbox_uid_count,
+        launchers: 0,
     })
     .map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()

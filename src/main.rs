@@ -55,6 +55,9 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
 }
 
 fn main() {
+    if let Some(args) = config::launcher_args() {
+        sandbox::serve_request(&args);
+    }
     let cli = config::parse();
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Doctor => std::process::exit(doctor::run(&cli.settings)),
@@ -255,6 +258,7 @@ async fn start_core(settings: Arc<Settings>) -> anyhow::Result<Core> {
         max_cpus: settings.max_cpus(),
         uid_base: settings.sandbox_uid_base,
         uid_count: settings.sandbox_uid_count,
+        launchers: settings.sandbox_launchers as usize,
     })
     .context("the sandbox cannot be set up (SANDBOX)")?;
     sandbox

@@ -212,3 +212,109 @@ for pid in children:
     assert_eq!(next["run"]["status"], "success", "{next}");
     assert_eq!(next["stdout"], "still here\n", "{next}");
 }
+
+/// The server's idle sandbox launchers (children started as `__sandbox-launcher`, by any of
+/// its threads).
+fn idle_launchers(server: &TestServer) -> Vec<u32> {
+    let mut children = String::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .flatten()
+    {
+        children += &std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.push(' ');
+    }
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"__sandbox-launcher"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn idle_launchers_hold_nothing_of_a_session_and_runs_keep_their_defaults() {
+    let server = TestServer::start(&[("SANDBOX_LAUNCHERS", "2")]).await;
+    // A session exists before the launchers are looked at.
+    let first = run(&server, KEY_A, "bash", None, "echo hi > a.txt; echo ok").await;
+    assert_eq!(first["stdout"], "ok\n", "{first}");
+    let sid = first["session_id"].as_str().unwrap().to_owned();
+    // The start-up probes take launchers too: wait until the pool is full and stays so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut launchers = idle_launchers(&server);
+    let mut steady = 0;
+    while steady < 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = idle_launchers(&server);
+        steady = if now.len() == 2 && now == launchers {
+            steady + 1
+        } else {
+            0
+        };
+        launchers = now;
+    }
+    if launchers.is_empty() {
+        eprintln!("no launchers here (needs root and cgroups): nothing to check");
+        return;
+    }
+    let data_dir = server.data_dir.to_string_lossy().into_owned();
+    for pid in &launchers {
+        // No environment, and of descriptors only stdio, its two pipes and the filters.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(environ.is_empty(), "launcher {pid} has an environment");
+        let mut open = Vec::new();
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            open.push(target.to_string_lossy().into_owned());
+        }
+        assert!(
+            open.iter().all(|t| t == "/dev/null"
+                || t.starts_with("pipe:")
+                || t == "/memfd:seccomp (deleted)"
+                || t == "/memfd:seccomp"),
+            "launcher {pid} holds {open:?}"
+        );
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        assert!(!cwd.to_string_lossy().starts_with(&data_dir), "{cwd:?}");
+        // Its group is its own, made for one run, and holds only itself.
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let pids_path = cgroup
+            .lines()
+            .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_owned()))
+            .unwrap();
+        assert!(pids_path.contains("/launcher-"), "{pids_path}");
+        let members =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/pids{}/cgroup.procs", pids_path))
+                .unwrap();
+        assert_eq!(members.trim(), pid.to_string(), "{pids_path}");
+    }
+    // A run through a launcher: the session's files, uid 65534 inside, its own cgroup seen
+    // as the root, SIGPIPE at its default (the launcher's runtime ignores it).
+    let body = run(
+        &server,
+        KEY_A,
+        "bash",
+        Some(&sid),
+        "cat a.txt; id -u; grep -c ':/$' /proc/self/cgroup >/dev/null && echo root-cgroup; \
+         set +o pipefail; yes | head -1 >/dev/null; echo \"pipe ${PIPESTATUS[0]}\"",
+    )
+    .await;
+    assert_eq!(
+        body["stdout"], "hi\n65534\nroot-cgroup\npipe 141\n",
+        "{body}"
+    );
+    // Each launcher serves one run: those seen idle are gone or no longer launchers.
+    for _ in 0..4 {
+        run(&server, KEY_B, "bash", None, "true").await;
+    }
+    let now = idle_launchers(&server);
+    assert!(
+        launchers.iter().all(|p| !now.contains(p)),
+        "{launchers:?} still idle after six runs: {now:?}"
+    );
+}

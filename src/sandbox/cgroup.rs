@@ -138,24 +138,12 @@ impl CgroupV1 {
             pids,
             cpuacct,
             cpu,
+            cpu_before: Duration::ZERO,
         };
         for dir in group.dirs() {
             std::fs::create_dir(dir)?;
         }
-        if let Some(bytes) = limits.memory_bytes {
-            std::fs::write(
-                group.memory.join("memory.limit_in_bytes"),
-                bytes.to_string(),
-            )?;
-            // Without swap this changes nothing; with swap it stops the limit leaking into it.
-            let _ = std::fs::write(
-                group.memory.join("memory.memsw.limit_in_bytes"),
-                bytes.to_string(),
-            );
-        }
-        if let Some(n) = limits.processes {
-            std::fs::write(group.pids.join("pids.max"), n.to_string())?;
-        }
+        group.set_limits(limits)?;
         if let Some(cpu) = &group.cpu {
             std::fs::write(cpu.join("cpu.shares"), RUN_CPU_SHARES.to_string())?;
             if let Some(quota) = self.cpu_quota_us {
@@ -174,6 +162,8 @@ pub struct RunCgroup {
     pids: PathBuf,
     cpuacct: Option<PathBuf>,
     cpu: Option<PathBuf>,
+    /// CPU time spent in the group before its run began (a launcher's, see `launcher`).
+    cpu_before: Duration,
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -237,6 +227,49 @@ impl RunCgroup {
         .flatten()
     }
 
+    /// Write the memory and process limits (a launcher's group gets its run's at hand-over).
+    pub fn set_limits(&self, limits: GroupLimits) -> io::Result<()> {
+        if let Some(bytes) = limits.memory_bytes {
+            std::fs::write(self.memory.join("memory.limit_in_bytes"), bytes.to_string())?;
+            // Without swap this changes nothing; with swap it stops the limit leaking into it.
+            let _ = std::fs::write(
+                self.memory.join("memory.memsw.limit_in_bytes"),
+                bytes.to_string(),
+            );
+        }
+        if let Some(n) = limits.processes {
+            std::fs::write(self.pids.join("pids.max"), n.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Give every directory of the group the name `name` (cgroup v1 renames in place; the
+    /// members stay), so a launcher's group is known by its run's name.
+    pub fn rename(&mut self, name: &str) -> io::Result<()> {
+        let rename = |dir: &mut PathBuf| -> io::Result<()> {
+            let to = dir.with_file_name(name);
+            std::fs::rename(&*dir, &to)?;
+            *dir = to;
+            Ok(())
+        };
+        rename(&mut self.memory)?;
+        rename(&mut self.pids)?;
+        if let Some(dir) = self.cpuacct.as_mut() {
+            rename(dir)?;
+        }
+        if let Some(dir) = self.cpu.as_mut() {
+            rename(dir)?;
+        }
+        Ok(())
+    }
+
+    /// From now on, measure the run alone: peak memory and CPU time start afresh.
+    pub fn begin_run(&mut self) {
+        self.reset_peak_memory();
+        self.cpu_before = Duration::ZERO;
+        self.cpu_before = self.cpu_time().unwrap_or_default();
+    }
+
     /// The `cgroup.procs` files a child writes `0` into (itself) before it execs, so
     /// everything it starts is accounted from the first instruction.
     pub fn procs_files(&self) -> Vec<CString> {
@@ -269,7 +302,8 @@ impl RunCgroup {
 
     pub fn cpu_time(&self) -> Option<Duration> {
         let dir = self.cpuacct.as_ref()?;
-        read_u64(&dir.join("cpuacct.usage")).map(Duration::from_nanos)
+        read_u64(&dir.join("cpuacct.usage"))
+            .map(|n| Duration::from_nanos(n).saturating_sub(self.cpu_before))
     }
 
     /// Whether the kernel killed something here for exceeding the memory limit.

@@ -14,9 +14,14 @@
 //!    builds the filesystem below, forbids further user namespaces, installs the filter
 //!    and runs the command as PID 2 under its own init, so when the command ends, the
 //!    namespace and every process left in it end too.
+//!
+//! Steps 1 and 2 are usually done ahead by a launcher (`launcher`): a process that joined a
+//! fresh group well before the run, waiting to be told the run's limits, uid and argv, so
+//! that the run does not pay for joining its groups.
 
 mod cgroup;
 pub mod fork;
+mod launcher;
 pub mod probe;
 mod seccomp;
 mod selftest;
@@ -31,6 +36,7 @@ use std::time::Duration;
 
 pub use cgroup::GroupLimits;
 use cgroup::{CgroupV1, RunCgroup};
+pub use launcher::{LAUNCHER_ARG, serve_request};
 pub use uids::{UidRange, owner_of};
 
 use crate::config::SandboxMode;
@@ -80,6 +86,8 @@ pub struct SandboxOptions {
     /// Host uids for sessions (`SANDBOX_UID_BASE`, `SANDBOX_UID_COUNT`), used as root.
     pub uid_base: u32,
     pub uid_count: u32,
+    /// Launchers kept ready (`SANDBOX_LAUNCHERS`); 0 starts every sandbox from the server.
+    pub launchers: usize,
 }
 
 /// A host path made visible inside the sandbox.
@@ -144,7 +152,8 @@ pub struct Sandbox {
     user: Option<(u32, u32)>,
     uids: Option<std::sync::Arc<UidRange>>,
     cgroups: Option<CgroupV1>,
-    seccomp: Option<seccomp::Filters>,
+    seccomp: Option<std::sync::Arc<seccomp::Filters>>,
+    launchers: Option<launcher::Pool>,
 }
 
 /// A started sandbox. Dropping it kills everything still running in it.
@@ -178,7 +187,9 @@ impl Sandbox {
             );
         }
         let seccomp = match options.mode {
-            SandboxMode::Bwrap => Some(seccomp::Filters::build().map_err(io::Error::other)?),
+            SandboxMode::Bwrap => Some(std::sync::Arc::new(
+                seccomp::Filters::build().map_err(io::Error::other)?,
+            )),
             SandboxMode::None => {
                 tracing::warn!(
                     "SANDBOX=none: user code runs WITHOUT isolation; use this for development only"
@@ -187,12 +198,23 @@ impl Sandbox {
             }
         };
         write_identity_files(&options.state_dir)?;
+        let launchers = match (&cgroups, options.mode) {
+            (Some(v1), SandboxMode::Bwrap) if options.launchers > 0 => launcher::Pool::start(
+                launcher::Factory {
+                    cgroups: v1.clone(),
+                    seccomp: seccomp.clone(),
+                },
+                options.launchers,
+            ),
+            _ => None,
+        };
         Ok(Sandbox {
             options,
             user,
             uids,
             cgroups,
             seccomp,
+            launchers,
         })
     }
 
@@ -408,6 +430,18 @@ impl Sandbox {
         user: Option<(u32, u32)>,
         template: Option<(&[&str], i32)>,
     ) -> Result<Process, SandboxError> {
+        if template.is_none()
+            && self.options.mode == SandboxMode::Bwrap
+            && let Some(ready) = self.launchers.as_ref().and_then(|p| p.take())
+        {
+            match self.launch(ready, job, run_id, user) {
+                Ok(process) => return Ok(process),
+                Err(launcher::Refused::Exec(err)) => return Err(SandboxError::Spawn(err)),
+                Err(launcher::Refused::Unusable(err)) => {
+                    tracing::debug!(error = %err, "a launcher could not be used; starting the sandbox without one");
+                }
+            }
+        }
         let cgroup = match &self.cgroups {
             Some(v1) => Some(
                 v1.create_run(
@@ -481,6 +515,39 @@ impl Sandbox {
         drop(template_fds);
         let pid = child.id();
         Ok(Process { child, pid, cgroup })
+    }
+}
+
+impl Sandbox {
+    /// `job` through a launcher that joined its groups ahead: the same bwrap argv, limits
+    /// and uid as a sandbox started from here.
+    fn launch(
+        &self,
+        ready: launcher::Launcher,
+        job: &Job,
+        run_id: &str,
+        user: Option<(u32, u32)>,
+    ) -> Result<Process, launcher::Refused> {
+        let program = launcher::resolve("bwrap", &job.env).ok_or_else(|| {
+            launcher::Refused::Unusable(io::Error::new(
+                io::ErrorKind::NotFound,
+                "bwrap is not in PATH",
+            ))
+        })?;
+        let mut argv = vec!["bwrap".to_owned()];
+        argv.extend(self.bwrap_args(job, ready.seccomp_fds()));
+        ready.launch(&launcher::Request {
+            program: &program,
+            argv: &argv,
+            env: &job.env,
+            user,
+            rlimits: &rlimits(&job.limits, true),
+            limits: GroupLimits {
+                memory_bytes: job.limits.memory_bytes,
+                processes: job.limits.processes,
+            },
+            run_id,
+        })
     }
 }
 
