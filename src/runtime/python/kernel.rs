@@ -42,8 +42,9 @@ const PORTS: [(&str, u16); 5] = [
     ("hb_port", 5),
 ];
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Run silently in every new kernel (see the file for what and why).
-const STARTUP: &str = include_str!("startup.py");
+/// Run silently in every new kernel (see the file for what and why); a forked kernel runs it
+/// itself before it serves (the template has it).
+pub(super) const STARTUP: &str = include_str!("startup.py");
 /// How long an interrupted cell gets to finish before the kernel is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// Routed messages waiting for their cell may hold this many maximal messages' worth of
@@ -451,10 +452,11 @@ impl Kernel {
         let ready_at = t0.elapsed();
         let (tx, _rx) = mpsc::channel(16);
         let deadline = Instant::now() + START_TIMEOUT;
-        if kernel
-            .execute(STARTUP, true, deadline, &CancellationToken::new(), &tx)
-            .await?
-            != (CellEnd::Finished { ok: true })
+        if template.is_none()
+            && kernel
+                .execute(STARTUP, true, deadline, &CancellationToken::new(), &tx)
+                .await?
+                != (CellEnd::Finished { ok: true })
         {
             tracing::warn!("the kernel start-up code failed; saved figures may also be displayed");
         }

@@ -33,7 +33,7 @@
 #      the sandbox's seccomp filters (descriptors named by argv[2:], read at start);
 #   5. forks the kernel (pid 2), which reseeds the random generators and starts IPKernelApp
 #      on the connection file in /run/kernel (the rest of its start: sockets, threads, the
-#      shell). Its stdout and stderr go to /dev/null.
+#      shell), runs the server's start-up code (startup.py) and serves. Its stdout and stderr go to /dev/null.
 #
 # The template refuses to fork while it has more than one thread (a forked thread's locks
 # would stay locked in the child).
@@ -226,6 +226,10 @@ def prepare_kernel_app():
     return app
 
 
+# The server's start-up code for every kernel (startup.py), run by each fork before it serves.
+STARTUP = os.environ.pop("CI_TEMPLATE_STARTUP", "")
+
+
 def start_kernel(app):
     reseed()
     if app is None:
@@ -238,6 +242,10 @@ def start_kernel(app):
         os.makedirs(app.profile_dir.location, 0o755, exist_ok=True)
         app.profile_dir.check_dirs()
     app.initialize(KERNEL_ARGV)
+    # A kernel whose start-up code fails ends here: the server then starts a cold one, which
+    # runs it as a cell and logs the failure.
+    if STARTUP and not app.shell.run_cell(STARTUP, store_history=False, silent=True).success:
+        os._exit(1)
     app.start()
 
 

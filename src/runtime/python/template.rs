@@ -87,6 +87,7 @@ impl KernelTemplate {
             "JE_ARROW_MALLOC_CONF".into(),
             "background_thread:false".into(),
         ));
+        env.push(("CI_TEMPLATE_STARTUP".into(), super::kernel::STARTUP.into()));
         env.push((
             "CI_TEMPLATE_PRELOAD".into(),
             serde_json::to_string(preload).unwrap_or_default(),
