@@ -330,6 +330,35 @@ fn kernels(server: &TestServer) -> Vec<u32> {
     descendants_with(server.pid(), "ipykernel_launcher")
 }
 
+/// Whether `pid` has ended: gone, or a zombie. (A namespace's init that was killed loses
+/// its command line at once but ends only after every process of its namespace did.)
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |status| {
+        status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
+}
+
+/// The processes of the kernel that runs session `sid` (for a forked kernel its namespace's
+/// init too): every kernel, cold or forked, runs as the host uid that owns its session's
+/// workspace.
+fn session_kernel(server: &TestServer, sid: &str) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(server.data_dir.join("sessions").join(sid)) else {
+        return Vec::new();
+    };
+    let uid = |pid: u32| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+        line.split_whitespace().next()?.parse().ok()
+    };
+    kernels(server)
+        .into_iter()
+        .filter(|&p| uid(p) == Some(meta.uid()))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_kernel_killed_from_outside_is_reported_and_the_next_call_works() {
     let server = TestServer::start(&[]).await;
@@ -346,10 +375,10 @@ async fn a_kernel_killed_from_outside_is_reported_and_the_next_call_works() {
 
     // Killed while idle: the next call is told, runs in a new kernel, and the one after is
     // quiet.
-    let found = kernels(&server);
+    let found = session_kernel(&server, &sid);
     assert!(!found.is_empty(), "no kernel process found");
     found.iter().for_each(|&p| sigkill(p));
-    wait_until("the kernel to die", 10, || kernels(&server).is_empty()).await;
+    wait_until("the kernel to die", 10, || found.iter().all(|&p| ended(p))).await;
     let (status, body) = py(Some(&sid), "print('x' in dir())").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["session_id"], sid.as_str());
@@ -376,7 +405,7 @@ async fn a_kernel_killed_from_outside_is_reported_and_the_next_call_works() {
                "code": "import time\nprint('started', flush=True)\ntime.sleep(600)"}),
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let found = kernels(&server);
+    let found = session_kernel(&server, &sid);
     assert!(!found.is_empty(), "no kernel process found");
     found.iter().for_each(|&p| sigkill(p));
     let body = tokio::time::timeout(Duration::from_secs(60), cell)

@@ -244,6 +244,11 @@ async fn a_killed_template_is_replaced_and_leaves_no_half_started_kernel() {
         let body = race.await.unwrap();
         assert!(body["run"]["status"].is_string(), "{body}");
     }
+    // The pooled forks died with the template: new sessions are never handed one of them.
+    for _ in 0..3 {
+        let body = python(&server, None, "print('new')").await;
+        assert_eq!(stdout(&body), "new\n", "{body}");
+    }
 
     // The old session lost its kernel (it lived in the template's PID namespace) and says so.
     let after = python(&server, Some(&sid), "print(x)").await;

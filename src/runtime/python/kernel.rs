@@ -15,6 +15,7 @@
 //! protocol is killed; its cell and session are told so.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -138,6 +139,9 @@ pub struct Kernel {
     _iopub: zmtp::Sender,
     routes: Routes,
     alive: watch::Receiver<bool>,
+    /// A pidfd of the process whose end is the kernel's end: `is_alive` asks it directly,
+    /// so a call that comes before the watcher task ran never gets a dead kernel.
+    exit: Option<OwnedFd>,
     handle: Arc<Handle>,
     socket_dir: PathBuf,
     readers: Vec<tokio::task::JoinHandle<()>>,
@@ -286,6 +290,20 @@ pub(super) fn drain_log(
     });
 }
 
+/// A started kernel's handle, what resolves when it ends, and a pidfd of its end.
+type Started = (Handle, BoxFuture<'static, ()>, Option<OwnedFd>);
+
+/// Whether the process behind `pidfd` has ended (a pidfd polls readable from then on).
+fn has_ended(pidfd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+}
+
 impl Kernel {
     /// Start a kernel: forked from `template` when given, else its own sandbox from nothing.
     pub async fn launch(
@@ -319,7 +337,7 @@ impl Kernel {
         )?;
 
         let t0 = Instant::now();
-        let (handle, exited): (Handle, BoxFuture<'static, ()>) = match template {
+        let (handle, exited, exit): Started = match template {
             Some(template) => {
                 let (handle, pidfd) = template
                     .fork(
@@ -329,6 +347,7 @@ impl Kernel {
                     )
                     .await
                     .map_err(KernelError::Start)?;
+                let exit = pidfd.try_clone().ok();
                 // SAFETY: the `OwnedFd` moves into the `AsyncFd` and stays open, the same
                 // descriptor, until the `AsyncFd` is dropped.
                 let pidfd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }
@@ -338,6 +357,7 @@ impl Kernel {
                     Box::pin(async move {
                         let _ = pidfd.readable().await;
                     }),
+                    exit,
                 )
             }
             None => {
@@ -366,11 +386,19 @@ impl Kernel {
                     drain_log(id.clone(), err);
                 }
                 let (mut child, handle) = process.into_parts();
+                // The child is ours and not waited for yet, so its pid is still its own.
+                let exit = child
+                    .id()
+                    .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+                    .and_then(|pid| {
+                        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+                    });
                 (
                     handle,
                     Box::pin(async move {
                         let _ = child.wait().await;
                     }),
+                    exit,
                 )
             }
         };
@@ -423,6 +451,7 @@ impl Kernel {
                 _iopub: channels.iopub,
                 routes,
                 alive,
+                exit,
                 handle,
                 socket_dir,
                 readers: channels.readers,
@@ -628,7 +657,7 @@ impl Kernel {
     }
 
     pub fn is_alive(&self) -> bool {
-        *self.alive.borrow()
+        *self.alive.borrow() && !self.exit.as_ref().is_some_and(has_ended)
     }
 
     /// Why the kernel was stopped for breaking the protocol, if it was.
@@ -682,10 +711,15 @@ impl Kernel {
         let (mut rx, msg_id) = match self.send_shell("execute_request", content, deadline).await {
             Ok(sent) => sent,
             Err(_) if self.broken_reason().is_some() => return Ok(CellEnd::ProtocolBroken),
-            Err(_) if self.is_alive() => {
+            Err(_) if self.is_alive() && Instant::now() >= deadline => {
                 // It does not even take the request: it is stuck for good.
                 self.handle.kill_tree();
                 return Ok(CellEnd::Killed);
+            }
+            Err(_) if self.is_alive() => {
+                // Its socket failed before the deadline: it is ending or broken.
+                self.handle.kill_tree();
+                return Ok(CellEnd::Died);
             }
             Err(_) => return Ok(CellEnd::Died),
         };

@@ -119,6 +119,8 @@ impl Kernels {
 struct Pooled {
     kernel: Box<Kernel>,
     dir: PathBuf,
+    /// For a forked kernel, the template it came from (`KernelTemplate::generation`).
+    template: Option<u64>,
 }
 
 pub struct PythonRuntime {
@@ -348,9 +350,17 @@ impl PythonRuntime {
                 .execute(&code, true, deadline, &CancellationToken::new(), &tx)
                 .await;
         }
+        // Read after the fork: a template that died since makes it a number that no longer
+        // matches, so the kernel (which died with it) is never handed out.
+        let template = self
+            .template
+            .as_ref()
+            .filter(|_| kernel.forked())
+            .map(KernelTemplate::generation);
         Ok(Pooled {
             kernel: Box::new(kernel),
             dir,
+            template,
         })
     }
 
@@ -462,7 +472,11 @@ impl PythonRuntime {
     fn take_pooled(&self, workspace: &Path) -> Option<Box<Kernel>> {
         loop {
             let pooled = lock(&self.pool).pop()?;
-            if !pooled.kernel.is_alive() {
+            // A fork dies with its template's PID namespace, and can be dying still.
+            let orphan = pooled.template.is_some_and(|forked_from| {
+                self.template.as_ref().map(KernelTemplate::generation) != Some(forked_from)
+            });
+            if orphan || !pooled.kernel.is_alive() {
                 self.discard_pool_dir(&pooled.dir);
                 continue;
             }

@@ -61,6 +61,9 @@ pub struct KernelTemplate {
     running: tokio::sync::Mutex<Option<Running>>,
     state: Mutex<TemplateState>,
     starts: AtomicU64,
+    /// The number of the template that is running and alive (its start's count), 0 when
+    /// none is: kernels forked from an earlier one die with it.
+    live: Arc<AtomicU64>,
     /// When a start last failed: kernels start cold for a while before the next try.
     failed_at: Mutex<Option<std::time::Instant>>,
 }
@@ -110,6 +113,7 @@ impl KernelTemplate {
             running: tokio::sync::Mutex::new(None),
             state: Mutex::new(TemplateState::Starting),
             starts: AtomicU64::new(0),
+            live: Arc::new(AtomicU64::new(0)),
             failed_at: Mutex::new(None),
         }
     }
@@ -121,6 +125,12 @@ impl KernelTemplate {
 
     pub fn state(&self) -> TemplateState {
         *lock(&self.state)
+    }
+
+    /// The number of the live template, 0 when none is alive; a kernel forked when this
+    /// was `n` is gone once it is no longer `n`.
+    pub fn generation(&self) -> u64 {
+        self.live.load(Ordering::SeqCst)
     }
 
     /// Times a template had to be started again after the first.
@@ -161,9 +171,12 @@ impl KernelTemplate {
         }
         let (mut child, handle) = process.into_parts();
         let (alive_tx, alive) = watch::channel(true);
+        let generation = n + 1;
+        let live = Arc::clone(&self.live);
         tokio::spawn(async move {
             let status = child.wait().await;
             tracing::warn!(?status, "the kernel template exited");
+            let _ = live.compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
             let _ = alive_tx.send(false);
         });
         let control = Arc::new(control);
@@ -174,6 +187,9 @@ impl KernelTemplate {
             .map_err(|e| format!("the kernel template did not become ready: {e}"))?;
         if !ready.starts_with(br#"{"ready""#) {
             return Err("the kernel template sent something else than ready".into());
+        }
+        if *alive.borrow() {
+            self.live.store(generation, Ordering::SeqCst);
         }
         Ok(Running {
             control,
