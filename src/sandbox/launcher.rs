@@ -38,7 +38,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cgroup::{CgroupV1, GroupLimits, RunCgroup};
-use super::{ChildSetup, Process, current_open_files_limit, seccomp};
+use super::{ChildSetup, Process, close_on_exec_above_stdio, current_open_files_limit, seccomp};
 
 /// The first argument that makes the server binary a launcher (see `serve_request`).
 pub const LAUNCHER_ARG: &str = "__sandbox-launcher";
@@ -340,17 +340,7 @@ fn exec(req: &Decoded) -> io::Error {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
             return io::Error::last_os_error();
         }
-        let marked = libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
-        if marked != 0 {
-            for fd in 3..current_open_files_limit().min(1 << 20) {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
+        close_on_exec_above_stdio(current_open_files_limit());
         for fd in kept_descriptors(&req.argv) {
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return io::Error::last_os_error();

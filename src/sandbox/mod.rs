@@ -708,6 +708,30 @@ fn rlimits(limits: &Limits, have_cgroup: bool) -> Vec<(libc::__rlimit_resource_t
 
 /// The server's soft limit on descriptors: the highest number one can have, for closing
 /// them one by one where `close_range` is missing.
+/// Mark every descriptor above stdio close-on-exec: the server's own sockets and files,
+/// and whatever it inherited without close-on-exec (from a shell, a supervisor, a test
+/// harness). Async-signal-safe, for a child between fork and exec; `limit` bounds the
+/// one-by-one fallback where `close_range` is missing (before Linux 5.11).
+///
+/// # Safety
+/// Only in a child between fork and exec: it changes descriptors other threads may own.
+unsafe fn close_on_exec_above_stdio(limit: i32) {
+    // SAFETY: plain syscalls on descriptor numbers; closed numbers just fail.
+    unsafe {
+        let marked = libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        if marked != 0 {
+            for fd in 3..limit.min(1 << 20) {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 fn current_open_files_limit() -> i32 {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     limit
@@ -764,21 +788,7 @@ impl ChildSetup {
                     return Err(io::Error::last_os_error());
                 }
             }
-            // Every descriptor above stdio closes at exec: the server's own sockets and
-            // files, and whatever it inherited without close-on-exec (from a shell, a
-            // supervisor, a test harness).
-            let marked = libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            if marked != 0 {
-                // Before Linux 5.11: one by one (closed numbers just fail).
-                for fd in 3..self.open_files_limit.min(1 << 20) {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
+            close_on_exec_above_stdio(self.open_files_limit);
             for &fd in &self.seccomp_fds {
                 // The filter keeps its number; only the child's copy loses close-on-exec,
                 // so bwrap inherits it and no other process ever does.
