@@ -633,14 +633,10 @@ impl ProcessRuntime {
         drop(tx);
         let file_too_large = forward.await.unwrap_or(false);
         let measured = out.path().to_path_buf();
-        let (bytes, largest) = tokio::task::spawn_blocking(move || {
-            (
-                crate::store::workspace_usage(&measured),
-                crate::store::largest_file(&measured),
-            )
-        })
-        .await
-        .unwrap_or((u64::MAX, u64::MAX));
+        let (bytes, largest) =
+            tokio::task::spawn_blocking(move || crate::store::usage_and_largest_file(&measured))
+                .await
+                .unwrap_or((u64::MAX, u64::MAX));
         // A failed build that wrote a file of the build limit's size, or whose tools said
         // they hit the file size limit, was stopped by that limit (RLIMIT_FSIZE).
         let stopped_at_cap = outcome.status != RunStatus::Success

@@ -45,10 +45,14 @@ pub fn workspace_usage(root: &std::path::Path) -> u64 {
     }
 }
 
-/// The apparent size of the largest regular file below `root`, within the same entry limit
-/// (0 when it cannot be measured).
-pub fn largest_file(root: &std::path::Path) -> u64 {
-    tree::disk_usage(root, MAX_WORKSPACE_ENTRIES).map_or(0, |usage| usage.largest_file)
+/// [`workspace_usage`] and, from the same walk, the apparent size of the largest regular
+/// file below `root` (0 when it cannot be measured).
+pub fn usage_and_largest_file(root: &std::path::Path) -> (u64, u64) {
+    match tree::disk_usage(root, MAX_WORKSPACE_ENTRIES) {
+        Ok(usage) if usage.complete => (usage.bytes, usage.largest_file),
+        Ok(usage) => (u64::MAX, usage.largest_file),
+        Err(_) => (0, 0),
+    }
 }
 
 #[derive(Debug, Clone)]
