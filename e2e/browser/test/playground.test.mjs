@@ -50,6 +50,9 @@ before(async () => {
   });
   page = context.pages()[0] ?? (await context.newPage());
   page.setDefaultTimeout(WAIT);
+  page.on('console', (m) => m.type() === 'error' && trouble.push(`console: ${m.text()}`));
+  page.on('requestfailed', (r) => trouble.push(`request failed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
+  page.on('response', (r) => r.status() >= 400 && trouble.push(`response ${r.status()}: ${r.request().method()} ${r.url()}`));
   servers.add(server.root);
   // Nothing may be fetched from anywhere but the server.
   await context.route('**/*', (route) => {
@@ -61,6 +64,8 @@ before(async () => {
 });
 
 const offsite = [];
+/** What went wrong in the page (console errors, failed requests, 4xx/5xx), for failure messages. */
+const trouble = [];
 /** The origins the page may load from: the servers these tests started. */
 const servers = new Set();
 
@@ -71,6 +76,22 @@ after(async () => {
 });
 
 const shot = (name, fullPage = false) => page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage });
+
+/**
+ * Click something that should start a download, and return the download. When none starts,
+ * the failure says what the page showed and what went wrong in it, not only "timeout".
+ */
+async function downloadBy(click) {
+  const since = trouble.length;
+  try {
+    const [download] = await Promise.all([page.waitForEvent('download'), click()]);
+    return download;
+  } catch (err) {
+    const banner = await page.locator('#banner').evaluate((b) => (b.hidden ? '' : b.textContent)).catch(() => '');
+    err.message += `\nbanner: ${banner || '(none)'}\npage trouble: ${JSON.stringify(trouble.slice(since))}`;
+    throw err;
+  }
+}
 
 /** The n-th cell (1-based) and its parts. */
 function cell(n) {
@@ -224,7 +245,7 @@ test('a CSV uploaded with the files panel is read in a cell', async () => {
   await shot('05-csv-upload', true);
 
   // Download it back (fetched with the key), then delete it.
-  const [download] = await Promise.all([page.waitForEvent('download'), row.getByRole('button', { name: 'data.csv', exact: true }).click()]);
+  const download = await downloadBy(() => row.getByRole('button', { name: 'data.csv', exact: true }).click());
   const saved = path.join(downloads, 'back.csv');
   await download.saveAs(saved);
   assert.equal(fs.readFileSync(saved, 'utf8'), fs.readFileSync(csv, 'utf8'));
@@ -324,10 +345,7 @@ test('every control has a name and the keyboard moves through the page', async (
 });
 
 test('export gives a valid .ipynb of the Python cells', async () => {
-  const [download] = await Promise.all([
-    page.waitForEvent('download'),
-    page.getByRole('button', { name: 'Export .ipynb' }).click(),
-  ]);
+  const download = await downloadBy(() => page.getByRole('button', { name: 'Export .ipynb' }).click());
   const file = path.join(downloads, download.suggestedFilename());
   await download.saveAs(file);
   assert.match(download.suggestedFilename(), /\.ipynb$/);
@@ -371,7 +389,7 @@ test('file names, output and tracebacks are shown as text, never as HTML', async
   assert.match(await c.output.locator('.exception').textContent(), /ValueError: <b id="injected">/);
   const link = c.footer.getByRole('button', { name: '<svg onload="window.__xss=3">.txt' });
   await link.waitFor();
-  const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
+  const download = await downloadBy(() => link.click());
   const saved = path.join(downloads, 'hostile.txt');
   await download.saveAs(saved);
   assert.equal(fs.readFileSync(saved, 'utf8'), html);
@@ -445,10 +463,10 @@ test('a file dropped on the panel is uploaded; a binary file a cell writes downl
   assert.equal(await c.waitDone(), 'success');
   const digest = (await c.output.locator('pre.stdout').textContent()).trim();
   await page.locator('#file-list tr[data-name="blob.bin"]').getByText('20 MiB').waitFor();
-  const [download] = await Promise.all([
-    page.waitForEvent('download'),
-    c.footer.getByRole('button', { name: 'blob.bin' }).click(),
-  ]);
+  // The cell's own list of the files it wrote (from the `done` frame) must name it too.
+  const button = c.footer.getByRole('button', { name: 'blob.bin' });
+  await button.waitFor();
+  const download = await downloadBy(() => button.click());
   const saved = path.join(downloads, 'blob.bin');
   await download.saveAs(saved);
   assert.equal(createHash('sha256').update(fs.readFileSync(saved)).digest('hex'), digest);
