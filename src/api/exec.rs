@@ -611,7 +611,8 @@ impl StreamFrame {
         (status = 404, description = "An input file is missing", body = ErrorBody),
         (status = 422, description = "Missing or malformed fields", body = ErrorBody),
         (status = 429, description = "Over RATE_LIMIT_EXEC_PER_MINUTE, or every Python kernel busy", body = ErrorBody),
-        (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
+        (status = 502, description = "STORE=shared: the node holding the session stopped answering during the forwarded call (`node_failed`)", body = ErrorBody),
+        (status = 503, description = "The language's runtime is not installed, or (STORE=shared) the node holding the session does not answer (`node_unavailable`) or Redis or the bucket is unreachable (`store_unavailable`)", body = ErrorBody),
         (status = 507, description = "DATA_DIR is below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -680,7 +681,8 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
         (status = 413, description = "Code over MAX_CODE_BYTES", body = ErrorBody),
         (status = 422, description = "Missing or malformed fields", body = ErrorBody),
         (status = 429, description = "Over RATE_LIMIT_EXEC_PER_MINUTE, or every Python kernel busy and QUEUE_WAIT_SECONDS under 2 s", body = ErrorBody),
-        (status = 503, description = "The language's runtime is not installed", body = ErrorBody),
+        (status = 502, description = "STORE=shared: the node holding the session stopped answering during the forwarded call (`node_failed`)", body = ErrorBody),
+        (status = 503, description = "The language's runtime is not installed, or (STORE=shared) the node holding the session does not answer (`node_unavailable`) or Redis or the bucket is unreachable (`store_unavailable`)", body = ErrorBody),
         (status = 507, description = "DATA_DIR is below DATA_DIR_MIN_FREE_MB", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -795,6 +797,8 @@ fn check_session_id(sid: &str) -> ApiResult<()> {
         (status = 200, body = KernelAction),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 502, description = "STORE=shared: the node holding the session stopped answering during the forwarded call (`node_failed`)", body = ErrorBody),
+        (status = 503, description = "STORE=shared: the node holding the session does not answer (`node_unavailable`), or Redis or the bucket is unreachable (`store_unavailable`)", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -832,6 +836,8 @@ pub async fn interrupt(
         (status = 200, body = KernelAction),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 502, description = "STORE=shared: the node holding the session stopped answering during the forwarded call (`node_failed`)", body = ErrorBody),
+        (status = 503, description = "STORE=shared: the node holding the session does not answer (`node_unavailable`), or Redis or the bucket is unreachable (`store_unavailable`)", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]

@@ -467,6 +467,8 @@ async fn program_request(
         (status = 409, description = "A continuation already in flight, or a request id in use", body = ErrorBody),
         (status = 413, description = "Code over MAX_CODE_BYTES or a tool result over 5 MiB", body = ErrorBody),
         (status = 429, description = "Over RATE_LIMIT_EXEC_PER_MINUTE (new runs only), or every Python kernel busy", body = ErrorBody),
+        (status = 502, description = "STORE=shared: the node holding the run stopped answering during the forwarded call (`node_failed`)", body = ErrorBody),
+        (status = 503, description = "STORE=shared: the node holding the run does not answer (`node_unavailable`), or Redis or the bucket is unreachable (`store_unavailable`)", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -671,6 +673,8 @@ pub struct CancelResponse {
         (status = 202, description = "The run is being stopped", body = CancelResponse),
         (status = 400, description = "A missing or malformed request_id", body = ErrorBody),
         (status = 403, description = "Another tenant's or user's request", body = ErrorBody),
+        (status = 502, description = "STORE=shared: the node holding the run stopped answering during the forwarded call (`node_failed`)", body = ErrorBody),
+        (status = 503, description = "STORE=shared: the node holding the run does not answer (`node_unavailable`), or Redis or the bucket is unreachable (`store_unavailable`)", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
