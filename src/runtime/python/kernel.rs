@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const STARTUP: &str = include_str!("startup.py");
 /// How long an interrupted cell gets to finish before the kernel is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// While an interrupted cell has not ended, the interrupt is sent again this often. ipykernel
+/// answers `interrupt_request` with a SIGINT to its own process; now and then Linux hands it
+/// to one of the kernel's other threads, Python only notes it, and a main thread asleep in
+/// `time.sleep` sleeps on (measured here with a bare jupyter_client: 3 in 410 interrupts sent
+/// right after a flushed print). The next SIGINT wakes it.
+pub(super) const INTERRUPT_AGAIN: Duration = Duration::from_millis(500);
 /// Routed messages waiting for their cell may hold this many maximal messages' worth of
 /// memory; past it the kernel's readers wait (and the kernel's own queues fill).
 const ROUTED_BUDGET_MESSAGES: u64 = 2;
@@ -149,6 +156,10 @@ pub struct Kernel {
     max_message_bytes: u64,
     /// Forked from the template (which imported `PYTHON_PRELOAD`), not started cold.
     forked: bool,
+    /// Cells sent to this kernel so far; `running` is the number of the one not ended yet
+    /// (0: none).
+    cells: AtomicU64,
+    running: AtomicU64,
 }
 
 /// Why the kernel was stopped for breaking the protocol, once it was.
@@ -458,6 +469,8 @@ impl Kernel {
                 broken,
                 max_message_bytes: spec.max_message_bytes,
                 forked: template.is_some(),
+                cells: AtomicU64::new(0),
+                running: AtomicU64::new(0),
             },
             Err(err) => {
                 handle.kill_tree();
@@ -689,6 +702,11 @@ impl Kernel {
         }
     }
 
+    /// The number of the cell running now, if one is.
+    pub fn running_cell(&self) -> Option<u64> {
+        Some(self.running.load(Ordering::SeqCst)).filter(|&n| n != 0)
+    }
+
     /// Run one cell, sending its output to `events` as it comes. At `deadline`, or when
     /// `stop` is cancelled, the cell is interrupted; if it does not stop within the grace
     /// period the kernel is killed.
@@ -708,6 +726,9 @@ impl Kernel {
             "allow_stdin": false,
             "stop_on_error": true,
         });
+        let number = self.cells.fetch_add(1, Ordering::SeqCst) + 1;
+        self.running.store(number, Ordering::SeqCst);
+        let _ended = Ended(&self.running);
         let (mut rx, msg_id) = match self.send_shell("execute_request", content, deadline).await {
             Ok(sent) => sent,
             Err(_) if self.broken_reason().is_some() => return Ok(CellEnd::ProtocolBroken),
@@ -726,9 +747,10 @@ impl Kernel {
         let mut idle = false;
         let mut reply_ok: Option<bool> = None;
         let mut interrupted_at: Option<Instant> = None;
+        let mut interrupt_again = deadline;
         let end = loop {
             let wake = match interrupted_at {
-                Some(at) => at + INTERRUPT_GRACE,
+                Some(at) => (at + INTERRUPT_GRACE).min(interrupt_again),
                 None => deadline,
             };
             tokio::select! {
@@ -791,15 +813,24 @@ impl Kernel {
                 }
                 _ = stop.cancelled(), if interrupted_at.is_none() => {
                     interrupted_at = Some(Instant::now());
+                    interrupt_again = Instant::now() + INTERRUPT_AGAIN;
                     let _ = self.interrupt().await;
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
-                    if interrupted_at.is_none() {
-                        interrupted_at = Some(Instant::now());
-                        let _ = self.interrupt().await;
-                    } else {
-                        self.handle.kill_tree();
-                        break CellEnd::Killed;
+                    match interrupted_at {
+                        None => {
+                            interrupted_at = Some(Instant::now());
+                            interrupt_again = Instant::now() + INTERRUPT_AGAIN;
+                            let _ = self.interrupt().await;
+                        }
+                        Some(at) if Instant::now() < at + INTERRUPT_GRACE => {
+                            interrupt_again = Instant::now() + INTERRUPT_AGAIN;
+                            let _ = self.interrupt().await;
+                        }
+                        Some(_) => {
+                            self.handle.kill_tree();
+                            break CellEnd::Killed;
+                        }
                     }
                 }
             }
@@ -811,6 +842,15 @@ impl Kernel {
     /// Stop the kernel and everything in its sandbox.
     pub fn shutdown(&self) {
         self.handle.kill_tree();
+    }
+}
+
+/// Marks the kernel's running cell as ended when `execute` returns, by any path.
+struct Ended<'a>(&'a AtomicU64);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::SeqCst);
     }
 }
 

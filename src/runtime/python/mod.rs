@@ -760,13 +760,30 @@ impl PythonRuntime {
         Ok((outcome, fresh))
     }
 
-    /// Interrupt the session's running cell; false when it has no live kernel.
+    /// Interrupt the session's running cell; false when it has no live kernel. While that
+    /// cell has not ended, the interrupt is sent again for a while (see `INTERRUPT_AGAIN`:
+    /// one SIGINT now and then does not wake a sleeping cell).
     pub async fn interrupt(&self, session_id: &str) -> bool {
-        let live = lock(&self.kernels).live(session_id);
-        match live {
-            Some(k) => k.kernel.interrupt().await.is_ok(),
-            None => false,
+        let Some(live) = lock(&self.kernels).live(session_id) else {
+            return false;
+        };
+        let cell = live.kernel.running_cell();
+        if live.kernel.interrupt().await.is_err() {
+            return false;
         }
+        if let Some(cell) = cell {
+            tokio::spawn(async move {
+                let until = Instant::now() + kernel::INTERRUPT_GRACE;
+                while Instant::now() < until {
+                    tokio::time::sleep(kernel::INTERRUPT_AGAIN).await;
+                    if live.kernel.running_cell() != Some(cell) {
+                        break;
+                    }
+                    let _ = live.kernel.interrupt().await;
+                }
+            });
+        }
+        true
     }
 
     /// Hand a control-channel message to the session's kernel (for a handler its running
