@@ -481,10 +481,9 @@ echo end >> /mnt/data/log.txt
     );
     assert!(stdout.ends_with("failed as expected\n"), "{stdout}");
     assert_eq!(step["stderr"], "broken\n");
-    assert_eq!(
-        rounds, 3,
-        "SF, then A and B together, then the failing tool"
-    );
+    // SF, then A and B (together when both call within the batching window, which a busy
+    // machine does not promise), then the failing tool.
+    assert!((3..=4).contains(&rounds), "{rounds} rounds");
     let sid = step["session_id"].as_str().unwrap();
     let log = std::fs::read_to_string(server.data_dir.join("sessions").join(sid).join("log.txt"))
         .unwrap();
