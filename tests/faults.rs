@@ -576,7 +576,10 @@ async fn a_full_data_disk_refuses_uploads_and_runs_with_507_and_serves_what_it_h
         .upload("/upload", KEY_A, &[("new.txt", b"new")], &[])
         .await;
     assert_disk_refusal("an upload into a new session", status, &body);
-    for lang in ["bash", "py", "js"] {
+    for (n, lang) in ["bash", "py", "js"].into_iter().enumerate() {
+        // Whatever the server freed meanwhile (a refused run's scratch, a kernel's socket
+        // directory) is taken again: the claim is about a run on a disk that is full.
+        fill(&disk.0.join(format!("filler-run-{n}")));
         let (status, body) = exec(
             &server,
             KEY_A,
@@ -613,6 +616,9 @@ async fn a_full_data_disk_refuses_uploads_and_runs_with_507_and_serves_what_it_h
     // With room again, the same calls work.
     std::fs::remove_file(&filler).unwrap();
     std::fs::remove_file(disk.0.join("filler-2")).unwrap();
+    for n in 0..3 {
+        std::fs::remove_file(disk.0.join(format!("filler-run-{n}"))).unwrap();
+    }
     let (status, body) = server
         .upload(
             "/upload",
