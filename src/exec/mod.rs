@@ -776,22 +776,48 @@ impl ExecService {
         tx: &mpsc::Sender<ExecEvent>,
     ) -> Result<ExecResult, ExecError> {
         let queued = Instant::now();
-        let wait = async {
-            let turn = self.turns.take(&session.id).await;
-            if let Some(place) = share {
-                place.wait().await?;
-            }
-            let slot = self.slots.acquire(&req.tenant).await;
-            Ok::<_, StoreError>((turn, slot))
-        };
-        let (_turn, _slot) = tokio::select! {
-            got = wait => got?,
+        let _turn = tokio::select! {
+            turn = self.turns.take(&session.id) => turn,
             _ = cancel.cancelled() => {
                 return Ok(cancelled_before_start(session.id, language, version, queued.elapsed()));
             }
         };
         // A delete may have taken the turn before us: the session is gone.
         self.owned(&req.tenant, &session.id).await?;
+        // A Python run gets its kernel before its slot: runs waiting for a kernel to be
+        // forked or claimed hold no slot that a session with a kernel could run in. Meanwhile
+        // the run counts as queued for its tenant. Not cancelled midway (a cancel is seen
+        // at the slot, or by the cell).
+        let preparing = self.slots.prepare(&req.tenant);
+        let workspace = self.store.workspace_path(&session.id);
+        let had_kernel = if language == Language::PYTHON {
+            // A pooled kernel is claimed by moving the session's files into its directory.
+            self.store.sync_workspace(&session.id).await?;
+            if self.store.claim_kernel(&session.id).await? {
+                self.python
+                    .lose(&session.id, "it ran on another server node since");
+            }
+            let had_kernel = self.store.note_kernel(&session.id).await?;
+            self.python
+                .ready(&session.id, had_kernel, &workspace)
+                .await?;
+            had_kernel
+        } else {
+            false
+        };
+        let wait = async {
+            if let Some(place) = share {
+                place.wait().await?;
+            }
+            drop(preparing);
+            Ok::<_, StoreError>(self.slots.acquire(&req.tenant).await)
+        };
+        let _slot = tokio::select! {
+            got = wait => got?,
+            _ = cancel.cancelled() => {
+                return Ok(cancelled_before_start(session.id, language, version, queued.elapsed()));
+            }
+        };
         let run_id = new_id();
         self.lock_active().insert(
             session.id.clone(),
@@ -834,7 +860,6 @@ impl ExecService {
             .map(|(_, _, here)| here.name.clone())
             .collect();
         let read_only = self.store.guard_read_only(&session.id, read_only).await?;
-        let workspace = self.store.workspace_path(&session.id);
         if !extras.owned.is_empty() {
             self.process
                 .hand_to_sandbox(&workspace, &extras.owned)
@@ -906,11 +931,6 @@ impl ExecService {
             let cancel = &disk_stop;
             let outcome = match language {
                 Language::PYTHON => {
-                    if self.store.claim_kernel(&session.id).await? {
-                        self.python
-                            .lose(&session.id, "it ran on another server node since");
-                    }
-                    let had_kernel = self.store.note_kernel(&session.id).await?;
                     let cell = self
                         .python
                         .execute(

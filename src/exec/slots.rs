@@ -3,7 +3,8 @@
 //! slot even while the first floods the server; a freed slot goes to the waiting tenant that
 //! runs the fewest (the earliest waiter among equals), so a tenant that keeps submitting cannot
 //! keep others waiting wave after wave. A tenant with a full queue is refused before its run
-//! starts.
+//! starts. A run still getting ready for its slot (a Python run whose kernel is being forked
+//! or claimed) counts as queued ([`RunSlots::prepare`]) without holding a slot.
 //!
 //! Several nodes (`STORE=shared`) count a tenant's share and queue across all of them as
 //! well ([`SharePlace`]): a run is queued in the store before it starts, takes one of its
@@ -30,6 +31,8 @@ pub struct RunSlots {
 struct State {
     free: usize,
     running: HashMap<Tenant, usize>,
+    /// Runs getting ready for their slot, by tenant: queued, but not in `waiting` yet.
+    preparing: HashMap<Tenant, usize>,
     waiting: VecDeque<Waiter>,
     next_id: u64,
 }
@@ -60,6 +63,7 @@ impl RunSlots {
             state: Mutex::new(State {
                 free: total.max(1),
                 running: HashMap::new(),
+                preparing: HashMap::new(),
                 waiting: VecDeque::new(),
                 next_id: 0,
             }),
@@ -74,11 +78,22 @@ impl RunSlots {
     pub fn admit(&self, tenant: &Tenant) -> Result<(), QueueFull> {
         let state = self.lock();
         let running = state.running.get(tenant).copied().unwrap_or(0);
-        let queued = state.waiting.iter().filter(|w| &w.tenant == tenant).count();
+        let queued = state.waiting.iter().filter(|w| &w.tenant == tenant).count()
+            + state.preparing.get(tenant).copied().unwrap_or(0);
         if running >= self.per_tenant && queued >= self.max_queued {
             return Err(QueueFull { queued });
         }
         Ok(())
+    }
+
+    /// Count a run of `tenant` as queued while it gets ready for its slot; it stops counting
+    /// when the guard is dropped (just before [`RunSlots::acquire`] queues it itself).
+    pub fn prepare(self: &Arc<Self>, tenant: &Tenant) -> Preparing {
+        *self.lock().preparing.entry(tenant.clone()).or_default() += 1;
+        Preparing {
+            slots: Arc::clone(self),
+            tenant: tenant.clone(),
+        }
     }
 
     /// Wait for a slot. Dropping the future gives up the place in the queue (and a slot
@@ -176,6 +191,24 @@ impl RunSlots {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.slots.release(&self.tenant);
+    }
+}
+
+/// A run counted as queued while it gets ready (see [`RunSlots::prepare`]).
+pub struct Preparing {
+    slots: Arc<RunSlots>,
+    tenant: Tenant,
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        let mut state = self.slots.lock();
+        if let Some(n) = state.preparing.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                state.preparing.remove(&self.tenant);
+            }
+        }
     }
 }
 
@@ -379,6 +412,13 @@ mod tests {
             slots.admit(&t("a")).is_ok(),
             "the aborted waiter left the queue"
         );
+        let preparing = slots.prepare(&t("a"));
+        assert!(
+            slots.admit(&t("a")).is_err(),
+            "a run getting ready is queued"
+        );
+        drop(preparing);
+        assert!(slots.admit(&t("a")).is_ok());
         drop(held);
         let _again = slots.acquire(&t("a")).await;
     }

@@ -310,6 +310,13 @@ pub trait Store: Send + Sync {
     /// (possibly in an earlier server process, whose kernels are gone).
     async fn note_kernel(&self, session_id: &str) -> StoreResult<bool>;
 
+    /// Have the session's workspace hold its files now (a node's cache of a shared store
+    /// syncs it; a local workspace always holds them). A run does this before anything
+    /// looks at the workspace: [`Store::snapshot`] does it too.
+    async fn sync_workspace(&self, _session_id: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Record that this node runs the session's Python now; true when another node did
     /// since this one last did (a kernel this node still holds for it is stale). One node
     /// alone never sees that.

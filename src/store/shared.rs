@@ -1380,6 +1380,10 @@ impl Store for SharedStore {
         }
     }
 
+    async fn sync_workspace(&self, session_id: &str) -> StoreResult<()> {
+        self.sync(session_id).await
+    }
+
     async fn snapshot(&self, session_id: &str) -> StoreResult<Snapshot> {
         // A run starts with a snapshot: the workspace must hold the session's files by then.
         self.sync(session_id).await?;

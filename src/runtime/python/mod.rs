@@ -67,6 +67,10 @@ struct LiveKernel {
     last_used: Mutex<Instant>,
     busy: AtomicBool,
     argv: Mutex<Vec<String>>,
+    /// No cell has run in it yet.
+    fresh: AtomicBool,
+    /// What the session lost before this kernel: said once, by its first cell.
+    lost_before: Mutex<Option<&'static str>>,
 }
 
 /// What this process knows of one session's kernel. A session it has run no kernel for
@@ -490,15 +494,30 @@ impl PythonRuntime {
         }
     }
 
+    /// The session's kernel, started or claimed as needed. `had_kernel` says the session had
+    /// a kernel before, perhaps in a server process that is gone.
     async fn kernel_for(
         self: &Arc<Self>,
         session_id: &str,
+        had_kernel: bool,
         workspace: &Path,
-    ) -> Result<(Arc<LiveKernel>, bool, Option<&'static str>), PythonError> {
-        let existing = lock(&self.kernels).live(session_id);
+    ) -> Result<Arc<LiveKernel>, PythonError> {
+        let existing = {
+            let mut kernels = lock(&self.kernels);
+            if had_kernel {
+                // A kernel of another server process: this one has no entry for the session.
+                kernels
+                    .0
+                    .entry(session_id.to_owned())
+                    .or_insert(KernelState::Lost(
+                        "the server restarted since its last call",
+                    ));
+            }
+            kernels.live(session_id)
+        };
         if let Some(k) = existing {
             if k.kernel.is_alive() {
-                return Ok((k, false, None));
+                return Ok(k);
             }
             let reason = match k.kernel.broken_reason() {
                 Some(_) => "its kernel broke the Jupyter protocol and was stopped",
@@ -543,21 +562,33 @@ impl PythonRuntime {
             busy: AtomicBool::new(false),
             // What the start-up code set (startup.py).
             argv: Mutex::new(vec!["main.py".to_owned()]),
+            fresh: AtomicBool::new(true),
+            lost_before: Mutex::new(None),
         });
-        // What the session lost before this kernel, said once by the cell that gets it.
-        let lost = match lock(&self.kernels)
-            .0
-            .insert(session_id.to_owned(), KernelState::Live(Arc::clone(&live)))
-        {
-            Some(KernelState::Lost(reason)) => Some(reason),
-            _ => None,
-        };
-        Ok((live, true, lost))
+        let mut kernels = lock(&self.kernels);
+        if let Some(KernelState::Lost(reason)) = kernels.0.get(session_id) {
+            *lock(&live.lost_before) = Some(reason);
+        }
+        kernels.set(session_id, KernelState::Live(Arc::clone(&live)));
+        Ok(live)
     }
 
-    /// Run a cell in the session's kernel (started or claimed as needed). `had_kernel` says
-    /// the session had a kernel before, perhaps in a server process that is gone. Also says
-    /// whether the kernel was started for this cell (nothing of the session's state in it).
+    /// Have the session's kernel live (started or claimed as needed) before its cell's run
+    /// takes a run slot, so that starting kernels hold none. Call in the session's turn.
+    pub async fn ready(
+        self: &Arc<Self>,
+        session_id: &str,
+        had_kernel: bool,
+        workspace: &Path,
+    ) -> Result<(), PythonError> {
+        self.kernel_for(session_id, had_kernel, workspace)
+            .await
+            .map(drop)
+    }
+
+    /// Run a cell in the session's kernel (started or claimed as needed, see
+    /// [`Self::ready`]). Also says whether the kernel was started for this cell (nothing of
+    /// the session's state in it).
     #[allow(clippy::too_many_arguments)]
     pub async fn execute(
         self: &Arc<Self>,
@@ -571,18 +602,11 @@ impl PythonRuntime {
         events: &mpsc::Sender<RunEvent>,
     ) -> Result<(RunOutcome, bool), PythonError> {
         let started = Instant::now();
-        if had_kernel {
-            // A kernel of another server process: this one has no entry for the session.
-            lock(&self.kernels)
-                .0
-                .entry(session_id.to_owned())
-                .or_insert(KernelState::Lost(
-                    "the server restarted since its last call",
-                ));
-        }
-        let (live, fresh, lost_before) = self.kernel_for(session_id, workspace).await?;
+        let live = self.kernel_for(session_id, had_kernel, workspace).await?;
         live.busy.store(true, Ordering::SeqCst);
         let _idle_again = scopeguard(&live);
+        let fresh = live.fresh.swap(false, Ordering::SeqCst);
+        let lost_before = lock(&live.lost_before).take();
         if let Some(reason) = lost_before {
             let line = format!(
                 "[kernel] The previous Python state of this session was lost: {reason}. Files in /mnt/data are kept; variables and imports must be recreated.\n"
