@@ -460,10 +460,12 @@ impl ProcessRuntime {
     }
 
     /// A private, readable-by-the-sandbox directory holding the source.
-    fn write_source(&self, source: &Source) -> std::io::Result<tempfile::TempDir> {
-        let dir = tempfile::Builder::new()
-            .prefix("run-")
-            .tempdir_in(&self.runs_dir)?;
+    fn write_source(&self, source: &Source) -> std::io::Result<BoundDir> {
+        let dir = BoundDir(Some(
+            tempfile::Builder::new()
+                .prefix("run-")
+                .tempdir_in(&self.runs_dir)?,
+        ));
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let path = dir.path().join(&source.file);
         std::fs::write(&path, &source.text)?;
@@ -562,9 +564,11 @@ impl ProcessRuntime {
         events: &mpsc::Sender<RunEvent>,
     ) -> Result<Result<Held, RunOutcome>, RuntimeError> {
         let started = Instant::now();
-        let out = tempfile::Builder::new()
-            .prefix(BUILDING_PREFIX)
-            .tempdir_in(self.cache_dir.join("build"))?;
+        let mut out = BoundDir(Some(
+            tempfile::Builder::new()
+                .prefix(BUILDING_PREFIX)
+                .tempdir_in(self.cache_dir.join("build"))?,
+        ));
         std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o755))?;
         if let Some((uid, gid)) = self.sandbox.user() {
             std::os::unix::fs::chown(out.path(), Some(uid), Some(gid))?;
@@ -675,6 +679,36 @@ impl ProcessRuntime {
             .await
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
         Ok(Ok(held))
+    }
+}
+
+/// A directory a sandbox binds, removed off the run's path once dropped. Removing a mount
+/// point of a mount namespace that is still being torn down waits for the kernel to detach
+/// the mount (an RCU grace period: under 1 ms on a quiet host, up to seconds on a loaded
+/// one), and nothing of a run's answer depends on it.
+struct BoundDir(Option<tempfile::TempDir>);
+
+impl BoundDir {
+    fn path(&self) -> &Path {
+        self.0.as_ref().map_or(Path::new(""), |d| d.path())
+    }
+
+    /// Keep the directory: it is no longer removed.
+    fn keep(&mut self) -> PathBuf {
+        self.0
+            .take()
+            .map(tempfile::TempDir::keep)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for BoundDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(dir))),
+            Err(_) => drop(dir),
+        }
     }
 }
 
