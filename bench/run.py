@@ -706,7 +706,8 @@ TS_HELLO = 'const greeting: string = "hello";\nconsole.log(greeting);\n'
     "node and ts hello via /exec",
     "POST /exec with a JavaScript and a TypeScript hello world, and `node hello.cjs` run directly "
     "on the same JavaScript (the baseline). Goal: /exec ts p50 ≤ 1.5× direct node p50; "
-    "/exec js vs node is reported too, and the same calls on a second server with "
+    "/exec js vs node is reported too, ts with a source never run before (its transform not "
+    "in the build cache), and the same calls on a second server with "
     "SANDBOX_LAUNCHERS=0 (each sandbox joins its cgroups as it starts).",
 )
 def node_ts(ctx: Ctx, res: Result) -> None:
@@ -720,7 +721,7 @@ def node_ts(ctx: Ctx, res: Result) -> None:
         ctx.api.exec("js", JS_HELLO, session_id=sid, expect_stdout="hello\n")
         ctx.api.exec("ts", TS_HELLO, session_id=sid, expect_stdout="hello\n")
         timed_command(direct, "hello\n")
-    js, ts, base, js_srv, ts_srv = [], [], [], [], []
+    js, ts, base, js_srv, ts_srv, ts_new = [], [], [], [], [], []
     off_ts, off_base = [], []
     with LaunchersOff(ctx) as off:
         off_sid = off.exec("js", JS_HELLO, expect_stdout="hello\n")[1]["session_id"]
@@ -735,11 +736,16 @@ def node_ts(ctx: Ctx, res: Result) -> None:
                 ts.append(e)
                 ts_srv.append(float(j["run"]["wall_time"]))
                 base.append(timed_command(direct, "hello\n"))
+                if block % (2 * LAUNCHERS_BLOCK) == 0:
+                    # Source never run before: the transform is not cached.
+                    fresh = f"{TS_HELLO}// {ctx.nonce} {len(ts_new)}\n"
+                    ts_new.append(ctx.api.exec("ts", fresh, session_id=sid, expect_stdout="hello\n")[0])
             for _ in range(max(LAUNCHERS_BLOCK // 2, 1)):
                 off_ts.append(off.exec("ts", TS_HELLO, session_id=off_sid, expect_stdout="hello\n")[0])
                 off_base.append(timed_command(direct, "hello\n"))
     s_ts = res.add("/exec ts hello", ts)
     res.add("↳ server-reported run.wall_time", ts_srv, role="detail")
+    s_new = res.add("↳ /exec ts hello, new source each call (transform not cached)", ts_new, role="detail")
     s_js = res.add("/exec js hello", js)
     res.add("↳ server-reported run.wall_time", js_srv, role="detail")
     off_s = res.add("↳ /exec ts hello with SANDBOX_LAUNCHERS=0", off_ts, role="detail")
@@ -751,6 +757,8 @@ def node_ts(ctx: Ctx, res: Result) -> None:
              f"{off_s.p50 / off_b.p50:.2f}× ({fmt_ms(off_s.p50)} vs {fmt_ms(off_b.p50)})")
     res.goal("/exec ts p50 ≤ 1.5× node p50", f"{r_ts:.2f}× ({fmt_ms(s_ts.p50)} vs {fmt_ms(s_node.p50)})", r_ts <= 1.5)
     res.info("/exec js p50 vs node p50", f"{r_js:.2f}× ({fmt_ms(s_js.p50)} vs {fmt_ms(s_node.p50)})")
+    res.info("/exec ts p50, new source each call, vs node p50",
+             f"{s_new.p50 / s_node.p50:.2f}× ({fmt_ms(s_new.p50)} vs {fmt_ms(s_node.p50)})")
     res.notes.append(f"baseline: {node} {js_file.name} (same JavaScript as the /exec js call)")
 
 

@@ -75,7 +75,8 @@ const SAMPLES: &[(&str, Sample)] = &[
             lang: "ts",
             hello: "const n: number = process.argv.length - 2;\nconsole.log('hello', n);",
             io: "import { readFileSync, writeFileSync } from 'node:fs';\nconst n: number = parseInt(readFileSync('/mnt/data/in.txt', 'utf8'));\nconsole.log(n * 2);\nwriteFileSync('/mnt/data/out.txt', `${n * 2}\\n`);",
-            broken: "const x: number = undefined_name;\nconsole.log(x);",
+            // esbuild strips types without checking them: a syntax error fails the build.
+            broken: "const x: number = undefined_name +;\nconsole.log(x);",
             library: Some("esbuild"),
         },
     ),
