@@ -804,7 +804,7 @@ async fn supervise(
     let oom = process.oom_killed();
     let cpu_time = process.cpu_time();
     let peak_memory = process.peak_memory();
-    process.release().await;
+    process.release();
 
     let exit_code = status.and_then(|s| s.code());
     let signal = exit_code

@@ -588,10 +588,14 @@ impl Process {
         self.cgroup.as_ref().is_some_and(|c| c.hit_process_limit())
     }
 
-    /// Tear down off the async threads: removing a cgroup may wait for the last exit.
-    pub async fn release(mut self) {
+    /// Tear down off the async threads and off the run's path (once its measurements are
+    /// read): removing a cgroup may wait for the last exit, and the answer needs none of it.
+    pub fn release(mut self) {
         let cgroup = self.cgroup.take();
-        let _ = tokio::task::spawn_blocking(move || drop(cgroup)).await;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(cgroup))),
+            Err(_) => drop(cgroup),
+        }
     }
 }
 
