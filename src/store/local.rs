@@ -747,6 +747,10 @@ impl Store for LocalStore {
         changed: Vec<FileName>,
         removed: Vec<FileName>,
     ) -> StoreResult<Vec<FileMeta>> {
+        // Most runs change no file: no hashing and no transaction (each a blocking task).
+        if changed.is_empty() && removed.is_empty() {
+            return Ok(Vec::new());
+        }
         let root = self.workspace_path(session_id);
         let budget = self.quota_bytes.unwrap_or(MAX_HASHED_BYTES_PER_RUN);
         // Hash outside the metadata lock: big outputs take a while.
@@ -835,6 +839,9 @@ impl Store for LocalStore {
         session_id: &str,
         names: Vec<FileName>,
     ) -> StoreResult<ReadOnlyCopies> {
+        if names.is_empty() {
+            return Ok(ReadOnlyCopies(Vec::new()));
+        }
         let root = self.workspace_path(session_id);
         let staging = self.staging_dir.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<ReadOnlyCopies> {
@@ -863,6 +870,9 @@ impl Store for LocalStore {
         session_id: &str,
         copies: ReadOnlyCopies,
     ) -> StoreResult<Vec<FileName>> {
+        if copies.0.is_empty() {
+            return Ok(Vec::new());
+        }
         let root = self.workspace_path(session_id);
         let restored = tokio::task::spawn_blocking(move || {
             let workspace = Workspace::new(&root, None);
