@@ -479,8 +479,13 @@ async fn outages(parts: &SharedParts, nodes: &[TestServer]) {
                         "a 503 while {what} was up: {body}"
                     );
                     assert_eq!(body["error"], "storage_unavailable", "{body}");
-                    assert!(body["detail"].as_str().unwrap().contains(what), "{body}");
-                    refused += 1;
+                    // It names what is down. (On a loaded machine the other part may time out
+                    // once meanwhile: a 503 that names it is as right, but does not count.)
+                    let detail = body["detail"].as_str().unwrap();
+                    assert!(detail.contains("Redis") || detail.contains("S3"), "{body}");
+                    if detail.contains(what) {
+                        refused += 1;
+                    }
                 }
                 other => panic!("{other} while {what} restarted: {body}"),
             }
