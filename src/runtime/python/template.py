@@ -9,7 +9,8 @@
 # parts is visible), and of its capabilities only CAP_SETUID and CAP_SETGID, bounding set
 # included: a fork needs them to become its session's host uid. It imports ipykernel and
 # PYTHON_PRELOAD once, does the part of the kernel application's start that needs no
-# socket, thread or session (its command line, IPython profile and configuration files),
+# socket, thread or session (its command line, IPython profile and configuration files, the
+# interactive shell with its default extensions, the start-up code compiled),
 # freezes what it imported out of the garbage collector (so a child's first full collection
 # does not copy those pages) and waits for requests on the descriptor named by argv[1], a
 # SOCK_SEQPACKET socket to the server. No user code ever
@@ -33,7 +34,8 @@
 #      the sandbox's seccomp filters (descriptors named by argv[2:], read at start);
 #   5. forks the kernel (pid 2), which reseeds the random generators and starts IPKernelApp
 #      on the connection file in /run/kernel (the rest of its start: sockets, threads, the
-#      shell), runs the server's start-up code (startup.py) and serves. Its stdout and stderr go to /dev/null.
+#      kernel object wired to the template's shell), runs the server's start-up code
+#      (startup.py) and serves. Its stdout and stderr go to /dev/null.
 #
 # The template refuses to fork while it has more than one thread (a forked thread's locks
 # would stay locked in the child).
@@ -226,11 +228,31 @@ def prepare_kernel_app():
     return app
 
 
+def prepare_shell(app):
+    """In the template: the kernel's interactive shell (namespaces, magics, formatters,
+    completer, the default extensions loaded), which needs no socket, thread or session
+    either. The fork's kernel finds it as the one shell instance and wires its sockets to
+    it; what the shell took from the template's place (its working directory) is set again
+    in the fork."""
+    shell_class = app.kernel_class.shell_class.default_value
+    from ipykernel.compiler import XCachingCompiler
+
+    shell = shell_class.instance(
+        parent=app, profile_dir=app.profile_dir, compiler_class=XCachingCompiler
+    )
+    for name in app.default_extensions + app.extensions + app.extra_extensions:
+        try:
+            shell.extension_manager.load_extension(name)
+        except Exception:
+            pass  # The fork's start tries it again, and logs why it fails.
+    return shell
+
+
 # The server's start-up code for every kernel (startup.py), run by each fork before it serves.
 STARTUP = os.environ.pop("CI_TEMPLATE_STARTUP", "")
 
 
-def start_kernel(app):
+def start_kernel(app, shell, startup):
     reseed()
     if app is None:
         from ipykernel.kernelapp import IPKernelApp
@@ -241,15 +263,34 @@ def start_kernel(app):
         # The profile's directories were made in the template's /tmp, which the fork's covers.
         os.makedirs(app.profile_dir.location, 0o755, exist_ok=True)
         app.profile_dir.check_dirs()
+    if shell is not None:
+        from pathlib import Path
+
+        shell.starting_dir = os.getcwd()
+        shell.history_manager.dir_hist[:] = [Path.cwd()]
+        init_shell = app.init_shell
+
+        def init_forked_shell():
+            # The kernel got the template's shell, made before it was.
+            shell.kernel = app.kernel
+            shell.parent = app.kernel
+            init_shell()
+
+        app.init_shell = init_forked_shell
     app.initialize(KERNEL_ARGV)
     # A kernel whose start-up code fails ends here: the server then starts a cold one, which
     # runs it as a cell and logs the failure.
-    if STARTUP and not app.shell.run_cell(STARTUP, store_history=False, silent=True).success:
+    if startup is not None:
+        try:
+            exec(startup, app.shell.user_ns)
+        except BaseException:
+            os._exit(1)
+    elif STARTUP and not app.shell.run_cell(STARTUP, store_history=False, silent=True).success:
         os._exit(1)
     app.start()
 
 
-def isolate(request, workspace_fd, sockets_fd, filters, app):
+def isolate(request, workspace_fd, sockets_fd, filters, prepared):
     """In pid 1 of the new PID namespace: build the sandbox, then fork the kernel."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -282,7 +323,7 @@ def isolate(request, workspace_fd, sockets_fd, filters, app):
     install_filters(filters)
     kernel = os.fork()
     if kernel == 0:
-        start_kernel(app)
+        start_kernel(*prepared)
         os._exit(0)
     # The reaper: every orphan of the namespace comes here; the kernel's end is ours.
     while True:
@@ -294,7 +335,7 @@ def isolate(request, workspace_fd, sockets_fd, filters, app):
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def fork_kernel(request, fds, filters, control, report_w, app):
+def fork_kernel(request, fds, filters, control, report_w, prepared):
     """In the forked child: join the cgroups, become the session's uid in namespaces of its
     own, hand over to pid 1."""
     control.close()
@@ -307,13 +348,13 @@ def fork_kernel(request, fds, filters, control, report_w, app):
     init = os.fork()
     if init == 0:
         os.close(report_w)
-        isolate(request, workspace_fd, sockets_fd, filters, app)
+        isolate(request, workspace_fd, sockets_fd, filters, prepared)
         os._exit(1)
     os.write(report_w, b"%d\n" % init)
     os._exit(0)
 
 
-def serve(control, filters, app):
+def serve(control, filters, prepared):
     while True:
         try:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
@@ -341,7 +382,7 @@ def serve(control, filters, app):
             if child == 0:
                 try:
                     os.close(report_r)
-                    fork_kernel(request, fds, filters, control, report_w, app)
+                    fork_kernel(request, fds, filters, control, report_w, prepared)
                 except BaseException as err:
                     print(f"kernel fork failed: {err}", file=sys.stderr, flush=True)
                 os._exit(1)
@@ -395,15 +436,19 @@ def main():
             __import__(name)
         except Exception as err:
             print(f"preload of {name} failed: {err}", file=sys.stderr, flush=True)
+    app = shell = startup = None
     try:
         app = prepare_kernel_app()
+        shell = prepare_shell(app)
+        # Compiled once here; each fork runs it in its shell's namespace.
+        startup = compile(STARTUP, "<kernel start-up>", "exec") if STARTUP else None
     except Exception as err:
-        print(f"the kernel application could not be prepared: {err}", file=sys.stderr, flush=True)
-        app = None
+        # A fork then does in its own start what is missing.
+        print(f"the kernel could not be prepared: {err}", file=sys.stderr, flush=True)
     gc.collect()
     gc.freeze()
     control.send(b'{"ready": true}')
-    serve(control, filters, app)
+    serve(control, filters, (app, shell, startup))
 
 
 main()
