@@ -215,6 +215,8 @@ pub struct Notebooks {
     max_bytes: u64,
     /// Appends are small; one at a time keeps every line whole.
     writing: tokio::sync::Mutex<()>,
+    /// Whether `journals` was made already (each cell need not try again).
+    journals_made: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Notebooks {
@@ -232,6 +234,7 @@ impl Notebooks {
             keep_dir,
             max_bytes,
             writing: tokio::sync::Mutex::new(()),
+            journals_made: Arc::default(),
         }
     }
 
@@ -302,17 +305,32 @@ impl Notebooks {
         // A session deleted while this cell ran has no notebook any more.
         let workspace = self.store.workspace_path(session_id);
         let (journals, max_bytes) = (self.journals.clone(), self.max_bytes);
+        let made = Arc::clone(&self.journals_made);
         let _turn = self.writing.lock().await;
         tokio::task::spawn_blocking(move || {
+            use std::sync::atomic::Ordering;
             if !workspace.is_dir() {
                 return Ok(());
             }
-            std::fs::create_dir_all(&journals)?;
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&path)?;
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(&path)
+            };
+            if !made.load(Ordering::Relaxed) {
+                std::fs::create_dir_all(&journals)?;
+                made.store(true, Ordering::Relaxed);
+            }
+            let mut file = match open() {
+                // The directory went away since it was made.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&journals)?;
+                    open()?
+                }
+                opened => opened?,
+            };
             let len = file.metadata()?.len();
             if ends_with_full_marker(&mut file, len)? {
                 return Ok(());

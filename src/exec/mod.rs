@@ -430,6 +430,9 @@ pub struct ExecService {
     slots: Arc<RunSlots>,
     active: Mutex<HashMap<String, ActiveRun>>,
     notebooks: Arc<Notebooks>,
+    /// The tenant share several nodes count together (fixed at start: the CPU count behind
+    /// its default is read from cgroup files, too slow for every call).
+    share_limits: ShareLimits,
     /// Programmatic runs waiting for their client's tool results.
     programs: programmatic::Registry,
 }
@@ -448,6 +451,11 @@ impl ExecService {
             settings.max_queued_runs_per_tenant as usize,
         );
         let notebooks = Arc::new(Notebooks::from_settings(Arc::clone(&store), &settings));
+        let share_limits = ShareLimits {
+            per_tenant: settings.concurrent_runs_per_tenant(),
+            max_queued: settings.max_queued_runs_per_tenant as usize,
+            lease: Duration::from_secs(settings.node_lease_seconds.max(1)),
+        };
         ExecService {
             store,
             process,
@@ -457,6 +465,7 @@ impl ExecService {
             slots,
             active: Mutex::default(),
             notebooks,
+            share_limits,
             programs: programmatic::Registry::default(),
         }
     }
@@ -507,7 +516,7 @@ impl ExecService {
             self.python.check_room(&session.id).await?;
         }
         // Several nodes count the tenant's share together; the last check before the run.
-        let share = match SharePlace::queue(&self.store, &req.tenant, self.share_limits()).await? {
+        let share = match SharePlace::queue(&self.store, &req.tenant, self.share_limits).await? {
             Queued::NotShared => None,
             Queued::Place(place) => Some(place),
             Queued::Full(full) => return Err(queue_full(full.queued)),
@@ -740,14 +749,6 @@ impl ExecService {
         Ok(out)
     }
 
-    fn share_limits(&self) -> ShareLimits {
-        ShareLimits {
-            per_tenant: self.settings.concurrent_runs_per_tenant(),
-            max_queued: self.settings.max_queued_runs_per_tenant as usize,
-            lease: Duration::from_secs(self.settings.node_lease_seconds.max(1)),
-        }
-    }
-
     fn limits(&self) -> Limits {
         let s = &self.settings;
         Limits {
@@ -782,8 +783,11 @@ impl ExecService {
                 return Ok(cancelled_before_start(session.id, language, version, queued.elapsed()));
             }
         };
-        // A delete may have taken the turn before us: the session is gone.
-        self.owned(&req.tenant, &session.id).await?;
+        // A delete may have taken the turn before us: the session is gone. (It was marked
+        // used when the request found it.)
+        if !self.store.session_exists(&req.tenant, &session.id).await? {
+            return Err(ExecError::SessionNotFound);
+        }
         // A Python run gets its kernel before its slot: runs waiting for a kernel to be
         // forked or claimed hold no slot that a session with a kernel could run in. Meanwhile
         // the run counts as queued for its tenant. Not cancelled midway (a cancel is seen
@@ -797,7 +801,10 @@ impl ExecService {
                 self.python
                     .lose(&session.id, "it ran on another server node since");
             }
-            let had_kernel = self.store.note_kernel(&session.id).await?;
+            // A kernel live here was noted in the store when it started for the session
+            // (the note only matters to a session without one).
+            let had_kernel =
+                self.python.holds(&session.id) || self.store.note_kernel(&session.id).await?;
             self.python
                 .ready(&session.id, had_kernel, &workspace)
                 .await?;
@@ -874,21 +881,6 @@ impl ExecService {
             .unwrap_or(Duration::MAX)
             .min(Duration::from_secs(self.settings.execution_timeout));
         let (run_tx, mut run_rx) = mpsc::channel::<RunEvent>(64);
-        let run_req = RunRequest {
-            language,
-            code: &req.code,
-            args: &req.args,
-            workspace: &workspace,
-            limits: self.limits(),
-            timeout,
-            max_output_bytes: self.settings.max_output_bytes,
-            disk_quota: self.settings.session_disk_quota_bytes(),
-            run_id: &run_id,
-            cache_scope: &req.tenant.0,
-            cancel: cancel.clone(),
-            mounts: &extras.mounts,
-            env: &extras.env,
-        };
 
         let mut output = Output::new(
             tx,
@@ -926,6 +918,7 @@ impl ExecService {
             }
         };
         let mut runtime_status = RuntimeStatus::New;
+        let run_cancel = cancel.clone();
         let execute = async {
             let _ran = ran.clone().drop_guard();
             let cancel = &disk_stop;
@@ -952,11 +945,29 @@ impl ExecService {
                         outcome
                     })
                 }
-                _ => self
-                    .process
-                    .run(run_req, run_tx.clone())
-                    .await
-                    .map_err(ExecError::from),
+                _ => {
+                    // Limits are a one-shot sandbox's (a kernel got its own at launch);
+                    // their file size cap asks the disk floor's filesystem.
+                    let run_req = RunRequest {
+                        language,
+                        code: &req.code,
+                        args: &req.args,
+                        workspace: &workspace,
+                        limits: self.limits(),
+                        timeout,
+                        max_output_bytes: self.settings.max_output_bytes,
+                        disk_quota: self.settings.session_disk_quota_bytes(),
+                        run_id: &run_id,
+                        cache_scope: &req.tenant.0,
+                        cancel: run_cancel,
+                        mounts: &extras.mounts,
+                        env: &extras.env,
+                    };
+                    self.process
+                        .run(run_req, run_tx.clone())
+                        .await
+                        .map_err(ExecError::from)
+                }
             };
             drop(run_tx);
             outcome

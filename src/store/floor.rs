@@ -41,13 +41,18 @@ impl DiskFloor {
     }
 
     /// Refuse when writing `more` bytes would take free space below the floor, and, floor or
-    /// not, when the disk is full (less than `FULL_BELOW` free).
+    /// not, when the disk is full (less than `FULL_BELOW` free). One `statvfs` for both.
     pub fn check(&self, more: u64) -> StoreResult<()> {
-        match self.room() {
-            Some(room) if room <= more => Err(self.refusal()),
-            _ if self.free().is_some_and(|free| free < FULL_BELOW) => Err(StoreError::DiskFull),
-            _ => Ok(()),
+        let Some(free) = self.free() else {
+            return Ok(());
+        };
+        if self.min_free > 0 && free.saturating_sub(self.min_free) <= more {
+            return Err(self.refusal());
         }
+        if free < FULL_BELOW {
+            return Err(StoreError::DiskFull);
+        }
+        Ok(())
     }
 
     pub fn refusal(&self) -> StoreError {

@@ -466,6 +466,21 @@ impl Store for LocalStore {
         .await
     }
 
+    async fn session_exists(&self, tenant: &Tenant, id: &str) -> StoreResult<bool> {
+        let (tenant, id) = (tenant.0.clone(), id.to_owned());
+        self.with_db(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT 1 FROM sessions WHERE id = ?1 AND tenant = ?2",
+                    params![id, tenant],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
+        })
+        .await
+    }
+
     async fn latest_session_for(
         &self,
         tenant: &Tenant,
@@ -708,7 +723,9 @@ impl Store for LocalStore {
                 )
                 .optional()?
                 .unwrap_or(false);
-            tx.execute("UPDATE sessions SET kernel_used = 1 WHERE id = ?1", [&sid])?;
+            if !before {
+                tx.execute("UPDATE sessions SET kernel_used = 1 WHERE id = ?1", [&sid])?;
+            }
             tx.commit()?;
             Ok(before)
         })

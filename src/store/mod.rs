@@ -250,6 +250,13 @@ pub trait Store: Send + Sync {
     /// The session if it exists and belongs to `tenant`; marks it used.
     async fn session(&self, tenant: &Tenant, id: &str) -> StoreResult<Option<Session>>;
 
+    /// Whether the session still exists and belongs to `tenant` (a run's check after its
+    /// wait for its turn, when [`Store::session`] has just marked it used); a store may
+    /// answer without marking it used again.
+    async fn session_exists(&self, tenant: &Tenant, id: &str) -> StoreResult<bool> {
+        Ok(self.session(tenant, id).await?.is_some())
+    }
+
     /// The most recently used session of (tenant, user, entity).
     async fn latest_session_for(
         &self,

@@ -464,6 +464,11 @@ impl PythonRuntime {
         }
     }
 
+    /// Whether this server holds a live kernel for the session.
+    pub fn holds(&self, session_id: &str) -> bool {
+        lock(&self.kernels).live(session_id).is_some()
+    }
+
     /// Answer "busy" before a call starts (so the client gets a 429, not a failed run).
     pub async fn check_room(&self, session_id: &str) -> Result<(), PythonError> {
         if lock(&self.kernels).live(session_id).is_some() {
