@@ -5,8 +5,8 @@
 # parent header of whichever cell runs at the time, so a thread or process started by one
 # cell would print into the next. Here a thread keeps the parent of the cell that started
 # it (a pooled task, of the cell that submitted it), and every cell gets fresh pipes
-# behind descriptors 1 and 2, read by a thread that sends with that cell's parent: a
-# child keeps the pipe of the cell that started it. The server takes output only for the
+# behind descriptors 1 and 2, whose output one reader thread sends with that cell's
+# parent: a child keeps the pipe of the cell that started it. The server takes output only for the
 # running cell, so what an earlier cell's writers send later is dropped.
 #
 # A figure the cell saved itself (fig.savefig / plt.savefig) is closed at the end of the
@@ -74,6 +74,7 @@ def __ci_own_output():
     import concurrent.futures.thread
     import fcntl
     import os
+    import select
     import struct
     import sys
     import termios
@@ -119,38 +120,70 @@ def __ci_own_output():
             os.dup2(write_end, fd)
             os.close(write_end)
             self.stream = stream
+            self.parent = stream.parent_header
+            self.decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
             self.busy = False
-            threading.Thread(target=self.forward, daemon=True, name="ci-output").start()
-
-        def forward(self):
-            decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-            try:
-                while True:
-                    data = os.read(self.read_end, 65536)
-                    self.busy = True
-                    text = decode(data, final=not data)
-                    if text:
-                        self.stream.write(text)
-                    self.busy = False
-                    if not data:
-                        return
-            except Exception:
-                pass
-            finally:
-                self.busy = False
-                os.close(self.read_end)
+            self.closed = False
 
         def pending(self):
+            if self.closed:
+                return False
             try:
                 waiting = fcntl.ioctl(self.read_end, termios.FIONREAD, b"\0\0\0\0")
                 return struct.unpack("i", waiting)[0] > 0 or self.busy
             except OSError:
                 return False
 
+    # One thread reads every cell's pipes (a pipe is read until its last writer has closed
+    # it), so a cell starts no thread: a start per cell cost milliseconds of GIL hand-offs.
+    poller = select.epoll()
+    pipes = {}
+
+    def forward(pipe):
+        pipe.busy = True
+        try:
+            data = os.read(pipe.read_end, 65536)
+        except OSError:
+            data = b""
+        text = pipe.decode(data, final=not data)
+        if text:
+            token = pipe.stream.set_thread_parent(pipe.parent)
+            try:
+                pipe.stream.write(text)
+            finally:
+                pipe.stream.reset_thread_parent(token)
+        if not data:
+            # Every writer has closed it: the pipe is done.
+            pipe.closed = True
+            pipes.pop(pipe.read_end, None)
+            try:
+                poller.unregister(pipe.read_end)
+            except (OSError, ValueError):
+                pass
+            os.close(pipe.read_end)
+        pipe.busy = False
+
+    def forward_all():
+        while True:
+            try:
+                ready = poller.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in ready:
+                pipe = pipes.get(fd)
+                if pipe is not None:
+                    try:
+                        forward(pipe)
+                    except Exception:
+                        pipe.busy = False
+
     current = []
 
     def fresh_pipes(*_):
         current[:] = [Pipe(fd, s) for fd, s in zip((1, 2), streams)]
+        for pipe in current:
+            pipes[pipe.read_end] = pipe
+            poller.register(pipe.read_end, select.EPOLLIN)
 
     def drain(*_):
         # What the cell's children wrote before it ended reaches its output.
@@ -158,6 +191,7 @@ def __ci_own_output():
         while any(p.pending() for p in current) and time.monotonic() < deadline:
             time.sleep(0.002)
 
+    threading.Thread(target=forward_all, daemon=True, name="ci-output").start()
     ip = get_ipython()
     ip.events.register("pre_execute", fresh_pipes)
     ip.events.register("post_execute", drain)
