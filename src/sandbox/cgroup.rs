@@ -166,19 +166,31 @@ pub struct RunCgroup {
     cpu_before: Duration,
 }
 
+/// A small control file's text in one read (a kernel cell reads several of these before
+/// and after it runs; `read_to_string` would also stat the file and read twice).
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut buf = [0u8; 512];
+    let n = file.read(&mut buf).ok()?;
+    if n < buf.len() {
+        return String::from_utf8(buf[..n].to_vec()).ok();
+    }
+    let mut text = String::from_utf8(buf.to_vec()).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 fn read_u64(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    read_small(path)?.trim().parse().ok()
 }
 
 /// The value after `key` in a flat keyed file such as `memory.oom_control`.
 fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .find_map(|line| {
-            let (k, v) = line.split_once(' ')?;
-            (k == key).then(|| v.trim().parse().ok()).flatten()
-        })
+    read_small(path)?.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Kill what is in `dir` and remove it, waiting up to `wait` for the last members to exit

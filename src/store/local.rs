@@ -459,8 +459,10 @@ impl Store for LocalStore {
                 "UPDATE sessions SET last_used_at = ?1 WHERE id = ?2 AND tenant = ?3
                  RETURNING {SESSION_COLUMNS}"
             );
+            // Cached: every call asks this (a parse cost more than the query).
             Ok(conn
-                .query_row(&sql, params![now_millis(), id, tenant], session_from_row)
+                .prepare_cached(&sql)?
+                .query_row(params![now_millis(), id, tenant], session_from_row)
                 .optional()?)
         })
         .await
@@ -470,11 +472,8 @@ impl Store for LocalStore {
         let (tenant, id) = (tenant.0.clone(), id.to_owned());
         self.with_db(move |conn| {
             Ok(conn
-                .query_row(
-                    "SELECT 1 FROM sessions WHERE id = ?1 AND tenant = ?2",
-                    params![id, tenant],
-                    |_| Ok(()),
-                )
+                .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1 AND tenant = ?2")?
+                .query_row(params![id, tenant], |_| Ok(()))
                 .optional()?
                 .is_some())
         })
@@ -499,8 +498,8 @@ impl Store for LocalStore {
                  RETURNING {SESSION_COLUMNS}"
             );
             Ok(conn
+                .prepare_cached(&sql)?
                 .query_row(
-                    &sql,
                     params![now_millis(), tenant, entity, user],
                     session_from_row,
                 )
@@ -716,11 +715,8 @@ impl Store for LocalStore {
         self.with_db(move |conn| {
             let tx = conn.transaction()?;
             let before: bool = tx
-                .query_row(
-                    "SELECT kernel_used FROM sessions WHERE id = ?1",
-                    [&sid],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT kernel_used FROM sessions WHERE id = ?1")?
+                .query_row([&sid], |r| r.get(0))
                 .optional()?
                 .unwrap_or(false);
             if !before {
