@@ -790,11 +790,20 @@ impl ExecService {
         }
         // A Python run gets its kernel before its slot: runs waiting for a kernel to be
         // forked or claimed hold no slot that a session with a kernel could run in. Meanwhile
-        // the run counts as queued for its tenant. Not cancelled midway (a cancel is seen
-        // at the slot, or by the cell).
-        let preparing = self.slots.prepare(&req.tenant);
+        // the run counts as queued for its tenant, and one that needs a new kernel waits for
+        // one of its tenant's start turns. A kernel's start is not cancelled midway (a cancel
+        // is seen at the slot, or by the cell).
+        let mut preparing = self.slots.prepare(&req.tenant);
         let workspace = self.store.workspace_path(&session.id);
         let had_kernel = if language == Language::PYTHON {
+            if !self.python.holds(&session.id) {
+                tokio::select! {
+                    () = self.slots.start_turn(&mut preparing) => {}
+                    _ = cancel.cancelled() => {
+                        return Ok(cancelled_before_start(session.id, language, version, queued.elapsed()));
+                    }
+                }
+            }
             // A pooled kernel is claimed by moving the session's files into its directory.
             self.store.sync_workspace(&session.id).await?;
             if self.store.claim_kernel(&session.id).await? {

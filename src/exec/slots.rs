@@ -4,7 +4,8 @@
 //! runs the fewest (the earliest waiter among equals), so a tenant that keeps submitting cannot
 //! keep others waiting wave after wave. A tenant with a full queue is refused before its run
 //! starts. A run still getting ready for its slot (a Python run whose kernel is being forked
-//! or claimed) counts as queued ([`RunSlots::prepare`]) without holding a slot.
+//! or claimed) counts as queued ([`RunSlots::prepare`]) without holding a slot, and a tenant
+//! gets at most its share of new kernels at once ([`RunSlots::start_turn`]).
 //!
 //! Several nodes (`STORE=shared`) count a tenant's share and queue across all of them as
 //! well ([`SharePlace`]): a run is queued in the store before it starts, takes one of its
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::session::{Tenant, new_id};
 use crate::store::{Share, ShareLimits, Store, StoreResult};
@@ -33,6 +34,8 @@ struct State {
     running: HashMap<Tenant, usize>,
     /// Runs getting ready for their slot, by tenant: queued, but not in `waiting` yet.
     preparing: HashMap<Tenant, usize>,
+    /// Per tenant: its runs getting a new kernel, at most `per_tenant` at once.
+    starts: HashMap<Tenant, Arc<Semaphore>>,
     waiting: VecDeque<Waiter>,
     next_id: u64,
 }
@@ -64,6 +67,7 @@ impl RunSlots {
                 free: total.max(1),
                 running: HashMap::new(),
                 preparing: HashMap::new(),
+                starts: HashMap::new(),
                 waiting: VecDeque::new(),
                 next_id: 0,
             }),
@@ -93,7 +97,22 @@ impl RunSlots {
         Preparing {
             slots: Arc::clone(self),
             tenant: tenant.clone(),
+            start: None,
         }
+    }
+
+    /// Wait until the preparing run may get a new kernel: at most the tenant's share of its
+    /// runs do at once, so one tenant's burst of new sessions takes no more of the kernel
+    /// starts than its share of slots would give it. Held until the run takes its slot.
+    pub async fn start_turn(&self, preparing: &mut Preparing) {
+        let gate = Arc::clone(
+            self.lock()
+                .starts
+                .entry(preparing.tenant.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant))),
+        );
+        // The semaphore is never closed.
+        preparing.start = gate.acquire_owned().await.ok();
     }
 
     /// Wait for a slot. Dropping the future gives up the place in the queue (and a slot
@@ -198,11 +217,21 @@ impl Drop for Slot {
 pub struct Preparing {
     slots: Arc<RunSlots>,
     tenant: Tenant,
+    start: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Preparing {
     fn drop(&mut self) {
+        drop(self.start.take());
         let mut state = self.slots.lock();
+        // Nobody holds or waits for the tenant's starts: forget its gate.
+        if state
+            .starts
+            .get(&self.tenant)
+            .is_some_and(|gate| Arc::strong_count(gate) == 1)
+        {
+            state.starts.remove(&self.tenant);
+        }
         if let Some(n) = state.preparing.get_mut(&self.tenant) {
             *n -= 1;
             if *n == 0 {
@@ -419,6 +448,24 @@ mod tests {
         );
         drop(preparing);
         assert!(slots.admit(&t("a")).is_ok());
+        // One new kernel at a time for `a` (its share is one); `b` is not held up by it.
+        let mut first = slots.prepare(&t("a"));
+        slots.start_turn(&mut first).await;
+        let second = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move {
+                let mut p = slots.prepare(&t("a"));
+                slots.start_turn(&mut p).await;
+            }
+        });
+        let mut other = slots.prepare(&t("b"));
+        tokio::time::timeout(Duration::from_secs(1), slots.start_turn(&mut other))
+            .await
+            .expect("b starts beside a");
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        drop(first);
+        second.await.unwrap();
         drop(held);
         let _again = slots.acquire(&t("a")).await;
     }
