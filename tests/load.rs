@@ -154,6 +154,20 @@ async fn one_session(server: &TestServer, session: usize) -> Tally {
     tally
 }
 
+/// What each of the server's descriptors points at, for a failure message.
+fn descriptors(pid: u32) -> String {
+    let mut targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    targets.join(", ")
+}
+
 /// What the server process holds: open descriptors, threads, child processes.
 fn holdings(pid: u32) -> (usize, usize, usize) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -193,6 +207,7 @@ async fn fifty_sessions_of_twenty_mixed_calls_hold_and_leave_nothing_behind() {
     assert_eq!(warm.runs, CALLS);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = holdings(pid);
+    let held_before = descriptors(pid);
 
     let started = Instant::now();
     let tallies = futures::future::join_all((0..SESSIONS).map(|s| one_session(&server, s))).await;
@@ -231,7 +246,8 @@ async fn fifty_sessions_of_twenty_mixed_calls_hold_and_leave_nothing_behind() {
     );
     assert!(
         after.0 <= before.0,
-        "descriptors grew: {before:?} -> {after:?}"
+        "descriptors grew: {before:?} -> {after:?}; open before: {held_before}; open now: {}",
+        descriptors(pid)
     );
     assert!(after.1 <= before.1, "threads grew: {before:?} -> {after:?}");
     assert!(

@@ -311,8 +311,20 @@ impl PythonRuntime {
             tokio::spawn(async move {
                 let landed = match this.start_pooled().await {
                     Ok(p) => {
-                        lock(&this.pool).push(p);
-                        true
+                        // Started for a session that gave up waiting meanwhile (it started
+                        // its own) while the pool is full: not kept, or the pool would grow
+                        // past KERNEL_POOL_SIZE for good.
+                        let wanted = this.pool_size + this.waiting.load(Ordering::SeqCst);
+                        let mut pool = lock(&this.pool);
+                        if pool.len() < wanted {
+                            pool.push(p);
+                            true
+                        } else {
+                            drop(pool);
+                            p.kernel.shutdown();
+                            this.discard_pool_dir(&p.dir);
+                            false
+                        }
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "could not start a pooled kernel");
